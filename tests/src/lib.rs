@@ -1,0 +1,124 @@
+//! Shared fixtures of eerag's end-to-end tests: the real base models, a fixed
+//! test key, and its host artifacts, built once per test binary.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use candle_core::Device;
+use eerag_shared::client::{ClientCipher, ModelShape};
+use eerag_shared::models::fetch::ModelsDir;
+use eerag_shared::models::{Encoder, Generator};
+use eerag_shared::tokenize::{EncoderTokenizer, GeneratorTokenizer};
+use eerag_shared::transform::{self, HostArtifacts};
+use eerag_shared::Key;
+
+/// The models folder: `$EERAG_MODELS`, else `<workspace>/models`. Panics with
+/// the fix when the models are missing: these tests must not pass vacuously.
+pub fn models() -> ModelsDir {
+    let dir = match std::env::var_os("EERAG_MODELS") {
+        Some(d) => ModelsDir::new(d),
+        None => ModelsDir::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")),
+    };
+    let bad = dir.missing_or_wrong().expect("reading the models folder");
+    assert!(
+        bad.is_empty(),
+        "real-model tests need the pinned models: run `eerag models fetch` (missing or wrong: {bad:?})"
+    );
+    dir
+}
+
+/// The secret of the fixed test key.
+pub const TEST_SECRET: [u8; 32] = *b"eerag test key: not for real use";
+
+/// Everything a real-model test compares.
+pub struct Fixture {
+    pub key: Key,
+    pub cipher: ClientCipher,
+    pub artifacts: HostArtifacts,
+    pub encoder_tokenizer: EncoderTokenizer,
+    pub generator_tokenizer: GeneratorTokenizer,
+    pub plain_encoder: Encoder,
+    pub host_encoder: Encoder,
+    pub plain_generator: Generator,
+    pub host_generator: Generator,
+    pub models: ModelsDir,
+    _dir: tempfile::TempDir,
+}
+
+/// The fixture, built on first use (transform included).
+pub fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let models = models();
+        let key = Key::from_secret(TEST_SECRET);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path().join("artifacts");
+        transform::transform(&key, &models.encoder_dir(), &models.generator_gguf(), &out, false)
+            .expect("transform");
+        let artifacts = HostArtifacts::open(&out, true).expect("artifacts verify");
+        let dev = Device::Cpu;
+        let plain_encoder = Encoder::load(&models.encoder_dir(), &dev).expect("base encoder");
+        let host_encoder = Encoder::load(&artifacts.encoder_dir(), &dev).expect("host encoder");
+        let plain_generator =
+            Generator::load(&models.generator_gguf(), &dev).expect("base generator");
+        let host_generator =
+            Generator::load(&artifacts.generator_gguf(), &dev).expect("host generator");
+        let cipher = ClientCipher::new(
+            &key,
+            ModelShape {
+                encoder_vocab: plain_encoder.vocab_size(),
+                embedding_dim: plain_encoder.dim(),
+                generator_vocab: plain_generator.vocab_size(),
+            },
+        );
+        Fixture {
+            encoder_tokenizer: EncoderTokenizer::from_model_dir(&models.encoder_dir())
+                .expect("encoder tokenizer"),
+            generator_tokenizer: GeneratorTokenizer::from_gguf(&models.generator_gguf())
+                .expect("generator tokenizer"),
+            key,
+            cipher,
+            artifacts,
+            plain_encoder,
+            host_encoder,
+            plain_generator,
+            host_generator,
+            models,
+            _dir: dir,
+        }
+    })
+}
+
+/// Varied texts: prose from the sample corpus, short queries, numbers,
+/// punctuation, non-ASCII, and one longer than the encoder window.
+pub fn texts() -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for doc in [
+        include_str!("../../datasets/sample/clinic-handbook.md"),
+        include_str!("../../datasets/sample/engagement-letter.md"),
+        include_str!("../../datasets/sample/incident-review.md"),
+    ] {
+        out.extend(
+            doc.split("\n\n")
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from),
+        );
+    }
+    out.extend(
+        [
+            "How warm may the vaccine fridge get?",
+            "retainer",
+            "What is the hourly rate of a partner?",
+            "Ärztliche Schweigepflicht gilt auch für Praktikanten — immer.",
+            "患者の記録は書面での請求があった場合にのみ印刷されます。",
+            "Invoice #2024-117: 3 × 420 € = 1,260 €; due in 21 days!!",
+            "fn main() { println!(\"{}\", 2 + 2); }",
+            "   leading and trailing spaces   ",
+            "😀 emoji, tabs\tand\nnewlines",
+        ]
+        .map(String::from),
+    );
+    out.push("the settlement worker stalled and the queue grew ".repeat(60));
+    out
+}

@@ -52,7 +52,10 @@ fn median(mut xs: Vec<f64>) -> f64 {
 fn encoder_workload(pair: &Pair, count: usize, len: usize) -> Result<Vec<Vec<u32>>> {
     let tok = &pair.encoder_tokenizer;
     let wrap = tok.encode("")?; // [CLS] [SEP]
-    ensure!(wrap.len() == 2 && len > 2, "unexpected encoder special tokens");
+    ensure!(
+        wrap.len() == 2 && len > 2,
+        "unexpected encoder special tokens"
+    );
     let body: Vec<u32> = sample_paragraphs()
         .iter()
         .map(|(_, p)| tok.encode_plain(p))
@@ -71,9 +74,21 @@ fn encoder_workload(pair: &Pair, count: usize, len: usize) -> Result<Vec<Vec<u32
         .collect())
 }
 
+/// Seconds per round for each side.
 struct Timing {
     plain: Vec<f64>,
     encrypted: Vec<f64>,
+}
+
+/// Throughputs (`work` units per second) and the encrypted ÷ plaintext ratio.
+struct Figures {
+    plain: f64,
+    encrypted: f64,
+    /// Median of the per-round ratios: pairing each round's two runs cancels
+    /// slow drift in machine load.
+    ratio: f64,
+    ratio_min: f64,
+    ratio_max: f64,
 }
 
 impl Timing {
@@ -82,6 +97,41 @@ impl Timing {
             plain: Vec::new(),
             encrypted: Vec::new(),
         }
+    }
+
+    fn figures(&self, work: f64) -> Figures {
+        let ratios: Vec<f64> = self
+            .plain
+            .iter()
+            .zip(&self.encrypted)
+            .map(|(p, e)| p / e)
+            .collect();
+        Figures {
+            plain: work / median(self.plain.clone()),
+            encrypted: work / median(self.encrypted.clone()),
+            ratio: median(ratios.clone()),
+            ratio_min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratio_max: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        }
+    }
+}
+
+impl Figures {
+    fn json(&self, unit: &str) -> serde_json::Value {
+        json!({
+            format!("plaintext_{unit}_per_s"): self.plain,
+            format!("encrypted_{unit}_per_s"): self.encrypted,
+            "ratio": self.ratio,
+            "ratio_min": self.ratio_min,
+            "ratio_max": self.ratio_max,
+        })
+    }
+
+    fn row(&self, work: &str, unit: &str) -> String {
+        format!(
+            "| {work} | {:.1} {unit}/s | {:.1} {unit}/s | {:.2} ({:.2}–{:.2}) |",
+            self.plain, self.encrypted, self.ratio, self.ratio_min, self.ratio_max
+        )
     }
 }
 
@@ -121,8 +171,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .map(|s| c.encrypt_encoder(s).map(|e| e.ids().to_vec()))
         .collect::<Result<_, _>>()?;
     // One untimed warm-up of each side.
-    run_encoder(&pair.plain_encoder, &plain_seqs[..args.batch.min(plain_seqs.len())], args.batch)?;
-    run_encoder(&pair.host_encoder, &enc_seqs[..args.batch.min(enc_seqs.len())], args.batch)?;
+    run_encoder(
+        &pair.plain_encoder,
+        &plain_seqs[..args.batch.min(plain_seqs.len())],
+        args.batch,
+    )?;
+    run_encoder(
+        &pair.host_encoder,
+        &enc_seqs[..args.batch.min(enc_seqs.len())],
+        args.batch,
+    )?;
     let mut enc_t = Timing::new();
     for round in 0..args.rounds {
         for side in [round % 2, 1 - round % 2] {
@@ -155,7 +213,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let mut outs = [Vec::new(), Vec::new()];
         for side in [round % 2, 1 - round % 2] {
             if side == 0 {
-                let (p, d, toks) = run_generator(&pair.plain_generator, &prompt, args.decode_tokens)?;
+                let (p, d, toks) =
+                    run_generator(&pair.plain_generator, &prompt, args.decode_tokens)?;
                 prefill_t.plain.push(p);
                 decode_t.plain.push(d);
                 outs[0] = toks;
@@ -170,34 +229,28 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ensure!(outs[0] == outs[1], "encrypted and plaintext tokens differ");
     }
 
-    let sentences = args.sentences as f64;
-    let enc_plain = sentences / median(enc_t.plain);
-    let enc_enc = sentences / median(enc_t.encrypted);
-    let pre_plain = prompt.len() as f64 / median(prefill_t.plain);
-    let pre_enc = prompt.len() as f64 / median(prefill_t.encrypted);
-    let dec_plain = args.decode_tokens as f64 / median(decode_t.plain);
-    let dec_enc = args.decode_tokens as f64 / median(decode_t.encrypted);
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let encoder = enc_t.figures(args.sentences as f64);
+    let prefill = prefill_t.figures(prompt.len() as f64);
+    let decode = decode_t.figures(args.decode_tokens as f64);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     if args.json {
+        let mut enc_json = encoder.json("sentences");
+        enc_json["sentences"] = json!(args.sentences);
+        enc_json["sentence_tokens"] = json!(args.sentence_tokens);
+        enc_json["batch"] = json!(args.batch);
+        let mut prefill_json = prefill.json("tokens");
+        prefill_json["prompt_tokens"] = json!(prompt.len());
+        let mut decode_json = decode.json("tokens");
+        decode_json["tokens"] = json!(args.decode_tokens);
         let out = json!({
             "threads": threads,
             "rounds": args.rounds,
             "transform_seconds": pair.transform_secs,
-            "encoder": {
-                "sentences": args.sentences, "sentence_tokens": args.sentence_tokens, "batch": args.batch,
-                "plaintext_sentences_per_s": enc_plain, "encrypted_sentences_per_s": enc_enc,
-                "ratio": enc_enc / enc_plain,
-            },
-            "generator_prefill": {
-                "prompt_tokens": prompt.len(),
-                "plaintext_tokens_per_s": pre_plain, "encrypted_tokens_per_s": pre_enc,
-                "ratio": pre_enc / pre_plain,
-            },
-            "generator_decode": {
-                "tokens": args.decode_tokens,
-                "plaintext_tokens_per_s": dec_plain, "encrypted_tokens_per_s": dec_enc,
-                "ratio": dec_enc / dec_plain,
-            },
+            "encoder": enc_json,
+            "generator_prefill": prefill_json,
+            "generator_decode": decode_json,
             "outputs_identical": true,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -206,20 +259,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "eerag bench: {threads} threads, {} rounds, medians (transform took {:.1} s)",
             args.rounds, pair.transform_secs
         );
-        println!("| work | plaintext | encrypted | ratio |");
+        println!("| work | plaintext | encrypted | ratio (min–max over rounds) |");
         println!("| --- | --- | --- | --- |");
-        println!(
-            "| encoder, {} × {}-token sentences, batch {} | {:.1} sentences/s | {:.1} sentences/s | {:.2} |",
-            args.sentences, args.sentence_tokens, args.batch, enc_plain, enc_enc, enc_enc / enc_plain
+        let encoder_work = format!(
+            "encoder, {} × {}-token sentences, batch {}",
+            args.sentences, args.sentence_tokens, args.batch
         );
-        println!(
-            "| generator prefill, {}-token prompt | {:.1} tokens/s | {:.1} tokens/s | {:.2} |",
-            prompt.len(), pre_plain, pre_enc, pre_enc / pre_plain
-        );
-        println!(
-            "| generator greedy decode, {} tokens | {:.1} tokens/s | {:.1} tokens/s | {:.2} |",
-            args.decode_tokens, dec_plain, dec_enc, dec_enc / dec_plain
-        );
+        println!("{}", encoder.row(&encoder_work, "sentences"));
+        let prefill_work = format!("generator prefill, {}-token prompt", prompt.len());
+        println!("{}", prefill.row(&prefill_work, "tokens"));
+        let decode_work = format!("generator greedy decode, {} tokens", args.decode_tokens);
+        println!("{}", decode.row(&decode_work, "tokens"));
         println!("generated tokens identical in every round: true");
     }
     Ok(())

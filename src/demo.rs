@@ -16,7 +16,8 @@ use crate::workload::{sample_paragraphs, Pair};
 use crate::ModelsArg;
 
 /// The demo's default question.
-pub const DEFAULT_QUESTION: &str = "What should staff do if the vaccine refrigerator gets too warm?";
+pub const DEFAULT_QUESTION: &str =
+    "What should staff do if the vaccine refrigerator gets too warm?";
 
 const SYSTEM: &str = "You are a helpful assistant. Answer the question using only the context.";
 
@@ -30,7 +31,11 @@ pub fn run(models: &ModelsArg, question: &str) -> Result<()> {
     fetch::fetch(&dir, |line| eprintln!("{line}"))?;
     let pair = Pair::prepare(&dir)?;
     let c = &pair.cipher;
-    println!("key {} (throwaway), host artifacts written in {:.1} s", c.key_id(), pair.transform_secs);
+    println!(
+        "key {} (throwaway), host artifacts written in {:.1} s",
+        c.key_id(),
+        pair.transform_secs
+    );
 
     // Client: tokenize and encrypt the corpus and the question.
     let paragraphs = sample_paragraphs();
@@ -72,7 +77,10 @@ pub fn run(models: &ModelsArg, question: &str) -> Result<()> {
     };
     let host_rank = rank(host_query, &host_vectors);
     let plain_rank = rank(plain_query, &plain_vectors);
-    let same_rank = host_rank.iter().map(|r| r.0).eq(plain_rank.iter().map(|r| r.0));
+    let same_rank = host_rank
+        .iter()
+        .map(|r| r.0)
+        .eq(plain_rank.iter().map(|r| r.0));
     println!(
         "embedded {} encrypted paragraphs on the host in {:.2} s; max |host − R·plain| = {:.1e}; rankings identical: {}",
         paragraphs.len(),
@@ -82,7 +90,10 @@ pub fn run(models: &ModelsArg, question: &str) -> Result<()> {
     );
     ensure!(same_rank, "encrypted and plaintext rankings differ");
     println!("\nquestion: {question}");
-    println!("host saw encoder ids: {:?} …", &q_enc.ids()[..q_enc.len().min(8)]);
+    println!(
+        "host saw encoder ids: {:?} …",
+        &q_enc.ids()[..q_enc.len().min(8)]
+    );
     for (i, score) in host_rank.iter().take(3) {
         let (doc, p) = &paragraphs[*i];
         let preview: String = p.chars().take(90).collect();
@@ -127,7 +138,12 @@ pub fn run(models: &ModelsArg, question: &str) -> Result<()> {
         prompt.len(),
         &host_tokens.ids()[..host_tokens.len().min(8)]
     );
-    println!("client decrypted answer:\n  {}", gtok.decode(&decrypted)?.trim_end_matches("<|im_end|>").trim());
+    println!(
+        "client decrypted answer:\n  {}",
+        gtok.decode(&decrypted)?
+            .trim_end_matches("<|im_end|>")
+            .trim()
+    );
     let same = decrypted == plain_out.tokens;
     println!("identical to the plaintext pipeline's answer: {same}");
     ensure!(same, "encrypted and plaintext generations differ");

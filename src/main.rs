@@ -13,7 +13,11 @@ use eerag_shared::transform;
 use eerag_shared::Key;
 
 #[derive(Parser)]
-#[command(name = "eerag", version, about = "Encrypted RAG with equivariant encryption")]
+#[command(
+    name = "eerag",
+    version,
+    about = "Encrypted RAG with equivariant encryption"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -113,8 +117,7 @@ impl ModelsArg {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -36,8 +36,7 @@ pub fn sample_paragraphs() -> Vec<(&'static str, String)> {
             text.split("\n\n")
                 .map(|block| {
                     // Headings are not content: keep only the prose lines.
-                    let prose: Vec<&str> =
-                        block.lines().filter(|l| !l.starts_with('#')).collect();
+                    let prose: Vec<&str> = block.lines().filter(|l| !l.starts_with('#')).collect();
                     prose.join("\n").trim().to_string()
                 })
                 .filter(|p| !p.is_empty())

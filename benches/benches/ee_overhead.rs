@@ -17,7 +17,9 @@ fn shape() -> ModelShape {
 }
 
 fn ids(n: usize, vocab: u32) -> Vec<u32> {
-    (0..n as u32).map(|i| i.wrapping_mul(2_654_435_761) % vocab).collect()
+    (0..n as u32)
+        .map(|i| i.wrapping_mul(2_654_435_761) % vocab)
+        .collect()
 }
 
 fn token_ids(c: &mut Criterion) {
@@ -48,7 +50,9 @@ fn sampling(c: &mut Criterion) {
         seed: 7,
     })
     .unwrap();
-    g.bench_function("top_p_0.9", |b| b.iter(|| sampler.sample(black_box(&logits)).unwrap()));
+    g.bench_function("top_p_0.9", |b| {
+        b.iter(|| sampler.sample(black_box(&logits)).unwrap())
+    });
     g.finish();
 }
 

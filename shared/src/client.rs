@@ -48,7 +48,10 @@ impl ClientCipher {
 
     /// Encrypts encoder token ids.
     pub fn encrypt_encoder(&self, ids: &[u32]) -> Result<EncEncoderIds> {
-        Ok(EncEncoderIds::new(self.key_id, self.encoder.apply_all(ids)?))
+        Ok(EncEncoderIds::new(
+            self.key_id,
+            self.encoder.apply_all(ids)?,
+        ))
     }
 
     /// Decrypts encoder token ids, refusing ciphertext of another key.

@@ -24,8 +24,9 @@ pub const OUTPUT_HEAD: &str = "output.weight";
 pub fn read(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
     let file = File::open(path).map_err(|e| EeError::io(path, e))?;
     let mut reader = BufReader::new(file);
-    let content = gguf_file::Content::read(&mut reader)
-        .map_err(|e| EeError::Model(format!("{}: not a readable GGUF file: {e}", path.display())))?;
+    let content = gguf_file::Content::read(&mut reader).map_err(|e| {
+        EeError::Model(format!("{}: not a readable GGUF file: {e}", path.display()))
+    })?;
     Ok((content, reader))
 }
 
@@ -194,7 +195,10 @@ pub(crate) mod tests {
         .iter()
         .enumerate()
         {
-            tensors.push((format!("blk.0.{name}.weight"), f32q(&rand(shape, 10 + i as u64))));
+            tensors.push((
+                format!("blk.0.{name}.weight"),
+                f32q(&rand(shape, 10 + i as u64)),
+            ));
         }
         tensors.push(("blk.0.attn_norm.weight".into(), f32q(&ones)));
         tensors.push(("blk.0.ffn_norm.weight".into(), f32q(&ones)));
@@ -223,8 +227,14 @@ pub(crate) mod tests {
         assert_eq!(write_permuted(&base, &out, &perm).unwrap(), VOCAB);
 
         let (content, _) = read(&out).unwrap();
-        assert!(content.metadata.keys().all(|k| !k.starts_with("tokenizer.")));
-        assert_eq!(content.tensor_infos.contains_key(OUTPUT_HEAD), own_output_head);
+        assert!(content
+            .metadata
+            .keys()
+            .all(|k| !k.starts_with("tokenizer.")));
+        assert_eq!(
+            content.tensor_infos.contains_key(OUTPUT_HEAD),
+            own_output_head
+        );
 
         let plain = Generator::load(&base, &Device::Cpu).unwrap();
         let enc = Generator::load(&out, &Device::Cpu).unwrap();
@@ -251,7 +261,10 @@ pub(crate) mod tests {
                 seed: 11,
             },
         };
-        let p = plain.session().generate(&prompt, &opts(0), |_| true).unwrap();
+        let p = plain
+            .session()
+            .generate(&prompt, &opts(0), |_| true)
+            .unwrap();
         let e = enc
             .session()
             .generate(

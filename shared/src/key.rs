@@ -327,7 +327,10 @@ mod tests {
         let p = Path::new("k");
         let good = Key::from_secret([9; 32]).to_bytes();
         for cut in 0..good.len() {
-            assert!(Key::from_bytes(&good[..cut], p).is_err(), "truncated at {cut}");
+            assert!(
+                Key::from_bytes(&good[..cut], p).is_err(),
+                "truncated at {cut}"
+            );
         }
         for i in 0..good.len() {
             let mut bad = good.clone();

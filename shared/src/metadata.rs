@@ -83,7 +83,10 @@ mod tests {
         let blob = k.seal(b"contracts/2024/nda.pdf", b"legal").unwrap();
         assert!(!blob.windows(3).any(|w| w == b"nda"));
         assert_eq!(k.open(&blob, b"legal").unwrap(), b"contracts/2024/nda.pdf");
-        assert!(matches!(k.open(&blob, b"other"), Err(EeError::MetadataAuth)));
+        assert!(matches!(
+            k.open(&blob, b"other"),
+            Err(EeError::MetadataAuth)
+        ));
         let other = Key::from_secret([6; 32]).metadata_cipher();
         assert!(other.open(&blob, b"legal").is_err());
         assert!(k.open(&blob[..10], b"legal").is_err());

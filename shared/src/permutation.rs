@@ -43,11 +43,13 @@ impl Permutation {
         let n = forward.len();
         let mut inverse = vec![u32::MAX; n];
         for (t, &c) in forward.iter().enumerate() {
-            let slot = inverse.get_mut(c as usize).ok_or(EeError::OutOfVocabulary {
-                id: c,
-                vocab,
-                size: n,
-            })?;
+            let slot = inverse
+                .get_mut(c as usize)
+                .ok_or(EeError::OutOfVocabulary {
+                    id: c,
+                    vocab,
+                    size: n,
+                })?;
             if *slot != u32::MAX {
                 return Err(EeError::InvalidArgument(format!(
                     "{vocab} table maps two ids to the same id"
@@ -122,7 +124,9 @@ mod tests {
             seen[c as usize] = true;
             assert_eq!(p.invert(c).unwrap(), t);
         }
-        let fixed = (0..p.len() as u32).filter(|&t| p.apply(t).unwrap() == t).count();
+        let fixed = (0..p.len() as u32)
+            .filter(|&t| p.apply(t).unwrap() == t)
+            .count();
         assert!(fixed < 10, "{fixed} fixed points: not a random permutation");
     }
 
@@ -131,7 +135,11 @@ mod tests {
         let p = Permutation::identity(10, "generator");
         assert!(matches!(
             p.apply(10),
-            Err(EeError::OutOfVocabulary { id: 10, size: 10, .. })
+            Err(EeError::OutOfVocabulary {
+                id: 10,
+                size: 10,
+                ..
+            })
         ));
         assert!(p.invert(u32::MAX).is_err());
     }

@@ -89,8 +89,11 @@ impl Sampler {
             return Err(EeError::Model("empty logits".into()));
         }
         match self.sampling.clone() {
-            Sampling::Greedy => Ok(argmax(logits)),
-            Sampling::Random { temperature, .. } if temperature == 0.0 => Ok(argmax(logits)),
+            // Temperature 0 is greedy by convention.
+            Sampling::Greedy
+            | Sampling::Random {
+                temperature: 0.0, ..
+            } => Ok(argmax(logits)),
             Sampling::Random {
                 temperature,
                 top_p,
@@ -186,9 +189,24 @@ mod tests {
         let p = Permutation::fisher_yates(5000, &mut rng, "generator");
         let settings = [
             Sampling::Greedy,
-            Sampling::Random { temperature: 0.7, top_p: 0.9, top_k: None, seed: 42 },
-            Sampling::Random { temperature: 1.3, top_p: 1.0, top_k: Some(40), seed: 7 },
-            Sampling::Random { temperature: 1.0, top_p: 0.5, top_k: Some(3), seed: 9 },
+            Sampling::Random {
+                temperature: 0.7,
+                top_p: 0.9,
+                top_k: None,
+                seed: 42,
+            },
+            Sampling::Random {
+                temperature: 1.3,
+                top_p: 1.0,
+                top_k: Some(40),
+                seed: 7,
+            },
+            Sampling::Random {
+                temperature: 1.0,
+                top_p: 0.5,
+                top_k: Some(3),
+                seed: 9,
+            },
         ];
         for s in settings {
             let mut plain = Sampler::new(s.clone()).unwrap();
@@ -212,10 +230,30 @@ mod tests {
     #[test]
     fn bad_parameters_are_rejected_and_nan_is_never_chosen() {
         for bad in [
-            Sampling::Random { temperature: -1.0, top_p: 1.0, top_k: None, seed: 0 },
-            Sampling::Random { temperature: 1.0, top_p: 0.0, top_k: None, seed: 0 },
-            Sampling::Random { temperature: 1.0, top_p: 1.0, top_k: Some(0), seed: 0 },
-            Sampling::Random { temperature: f32::NAN, top_p: 1.0, top_k: None, seed: 0 },
+            Sampling::Random {
+                temperature: -1.0,
+                top_p: 1.0,
+                top_k: None,
+                seed: 0,
+            },
+            Sampling::Random {
+                temperature: 1.0,
+                top_p: 0.0,
+                top_k: None,
+                seed: 0,
+            },
+            Sampling::Random {
+                temperature: 1.0,
+                top_p: 1.0,
+                top_k: Some(0),
+                seed: 0,
+            },
+            Sampling::Random {
+                temperature: f32::NAN,
+                top_p: 1.0,
+                top_k: None,
+                seed: 0,
+            },
         ] {
             assert!(Sampler::new(bad).is_err());
         }

@@ -99,7 +99,9 @@ pub fn transform(
     std::fs::create_dir_all(parent).map_err(|e| EeError::io(parent, e))?;
     let staging = parent.join(format!(
         ".{}.partial-{}",
-        out.file_name().and_then(|n| n.to_str()).unwrap_or("artifacts"),
+        out.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("artifacts"),
         std::process::id()
     ));
     if staging.exists() {

@@ -53,8 +53,14 @@ pub fn fixture() -> &'static Fixture {
         let key = Key::from_secret(TEST_SECRET);
         let dir = tempfile::tempdir().expect("temp dir");
         let out = dir.path().join("artifacts");
-        transform::transform(&key, &models.encoder_dir(), &models.generator_gguf(), &out, false)
-            .expect("transform");
+        transform::transform(
+            &key,
+            &models.encoder_dir(),
+            &models.generator_gguf(),
+            &out,
+            false,
+        )
+        .expect("transform");
         let artifacts = HostArtifacts::open(&out, true).expect("artifacts verify");
         let dev = Device::Cpu;
         let plain_encoder = Encoder::load(&models.encoder_dir(), &dev).expect("base encoder");

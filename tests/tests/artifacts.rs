@@ -24,7 +24,12 @@ fn artifacts_hold_only_permuted_weights_and_a_verifiable_manifest() {
     let root = f.artifacts.encoder_dir().parent().unwrap().to_path_buf();
     let mut found: Vec<String> = walk(&root)
         .into_iter()
-        .map(|p| p.strip_prefix(&root).unwrap().to_string_lossy().into_owned())
+        .map(|p| {
+            p.strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     found.sort();
     let mut expected: Vec<String> = m.files.keys().cloned().collect();
@@ -33,7 +38,10 @@ fn artifacts_hold_only_permuted_weights_and_a_verifiable_manifest() {
     assert_eq!(found, expected);
     assert!(found.iter().all(|f| !f.contains("tokenizer")));
     let md = gguf::metadata(&f.artifacts.generator_gguf()).unwrap();
-    assert!(md.keys().all(|k| !k.starts_with("tokenizer.")), "GGUF kept tokenizer metadata");
+    assert!(
+        md.keys().all(|k| !k.starts_with("tokenizer.")),
+        "GGUF kept tokenizer metadata"
+    );
     assert!(md.contains_key("llama.block_count"));
 
     // The manifest carries no key material: the key id is its only key-derived value.
@@ -47,32 +55,67 @@ fn tampered_artifacts_fail_verification() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("a");
     let key = Key::from_secret([8; 32]);
-    transform::transform(&key, &f.models.encoder_dir(), &f.models.generator_gguf(), &out, false)
-        .unwrap();
+    transform::transform(
+        &key,
+        &f.models.encoder_dir(),
+        &f.models.generator_gguf(),
+        &out,
+        false,
+    )
+    .unwrap();
     // A second transform into a non-empty directory needs --force.
-    let again = transform::transform(&key, &f.models.encoder_dir(), &f.models.generator_gguf(), &out, false);
+    let again = transform::transform(
+        &key,
+        &f.models.encoder_dir(),
+        &f.models.generator_gguf(),
+        &out,
+        false,
+    );
     assert!(matches!(again, Err(EeError::Artifacts { .. })));
     let config = out.join("encoder/config.json");
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push(' ');
     std::fs::write(&config, text).unwrap();
     assert!(HostArtifacts::open(&out, false).is_ok());
-    assert!(matches!(HostArtifacts::open(&out, true), Err(EeError::Artifacts { .. })));
+    assert!(matches!(
+        HostArtifacts::open(&out, true),
+        Err(EeError::Artifacts { .. })
+    ));
 }
 
 #[test]
 fn ciphertext_of_one_key_is_refused_by_another() {
     let f = fixture();
-    let shape = ModelShape { encoder_vocab: 30522, embedding_dim: 384, generator_vocab: 49152 };
+    let shape = ModelShape {
+        encoder_vocab: 30522,
+        embedding_dim: 384,
+        generator_vocab: 49152,
+    };
     let other = ClientCipher::new(&Key::generate().unwrap(), shape);
-    let ids = f.generator_tokenizer.encode("privileged and confidential").unwrap();
+    let ids = f
+        .generator_tokenizer
+        .encode("privileged and confidential")
+        .unwrap();
     let c = f.cipher.encrypt_generator(&ids).unwrap();
-    assert!(matches!(other.decrypt_generator(&c), Err(EeError::KeyMismatch { .. })));
+    assert!(matches!(
+        other.decrypt_generator(&c),
+        Err(EeError::KeyMismatch { .. })
+    ));
     assert_eq!(f.cipher.decrypt_generator(&c).unwrap(), ids);
-    let e = f.cipher.encrypt_encoder(&f.encoder_tokenizer.encode("x").unwrap()).unwrap();
-    assert!(matches!(other.decrypt_encoder(&e), Err(EeError::KeyMismatch { .. })));
+    let e = f
+        .cipher
+        .encrypt_encoder(&f.encoder_tokenizer.encode("x").unwrap())
+        .unwrap();
+    assert!(matches!(
+        other.decrypt_encoder(&e),
+        Err(EeError::KeyMismatch { .. })
+    ));
     // Metadata sealed under one key does not open under another.
-    let blob = f.key.metadata_cipher().seal(b"matter-4411/witness.pdf", b"c").unwrap();
+    let blob = f
+        .key
+        .metadata_cipher()
+        .seal(b"matter-4411/witness.pdf", b"c")
+        .unwrap();
     assert!(matches!(
         Key::generate().unwrap().metadata_cipher().open(&blob, b"c"),
         Err(EeError::MetadataAuth)

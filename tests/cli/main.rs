@@ -1,0 +1,141 @@
+//! The `eerag` binary's client commands, run as a user would: clear errors,
+//! exit codes, and never a panic on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn eerag(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_eerag"))
+        .args(args)
+        .output()
+        .expect("running eerag")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_clean_failure(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success: {err}");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+}
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("EERAG_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"))
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn keygen_writes_a_private_key_and_refuses_to_overwrite_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.eekey");
+    let o = eerag(&["keygen", "--out", path(&key)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("wrote key "), "{out}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let before = std::fs::read(&key).unwrap();
+    assert_clean_failure(&eerag(&["keygen", "--out", path(&key)]), "already exists");
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        before,
+        "refused keygen changed the key"
+    );
+    assert!(eerag(&["keygen", "--out", path(&key), "--force"])
+        .status
+        .success());
+    assert_ne!(std::fs::read(&key).unwrap(), before);
+}
+
+#[test]
+fn damaged_key_files_are_clear_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.eekey");
+    assert!(eerag(&["keygen", "--out", path(&key)]).status.success());
+    let good = std::fs::read(&key).unwrap();
+    let out = dir.path().join("artifacts");
+    let models = models_dir();
+    let transform = |k: &Path| {
+        eerag(&[
+            "transform",
+            "--key",
+            path(k),
+            "--out",
+            path(&out),
+            "--models",
+            path(&models),
+        ])
+    };
+
+    let truncated = dir.path().join("truncated.eekey");
+    std::fs::write(&truncated, &good[..good.len() / 2]).unwrap();
+    assert_clean_failure(&transform(&truncated), "truncated");
+
+    let corrupted = dir.path().join("corrupted.eekey");
+    let mut bad = good.clone();
+    bad[20] ^= 1;
+    std::fs::write(&corrupted, &bad).unwrap();
+    assert_clean_failure(&transform(&corrupted), "corrupted");
+
+    let future = dir.path().join("future.eekey");
+    let mut bad = good.clone();
+    bad[8] = 9;
+    std::fs::write(&future, &bad).unwrap();
+    assert_clean_failure(&transform(&future), "format version 9");
+
+    let empty = dir.path().join("empty.eekey");
+    std::fs::write(&empty, b"").unwrap();
+    assert_clean_failure(&transform(&empty), "not an eerag key");
+
+    assert_clean_failure(&transform(&dir.path().join("absent.eekey")), "absent.eekey");
+    assert!(!out.exists(), "a failed transform left output behind");
+}
+
+#[test]
+fn transform_writes_artifacts_in_seconds_and_refuses_a_full_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.eekey");
+    assert!(eerag(&["keygen", "--out", path(&key)]).status.success());
+    let out = dir.path().join("artifacts");
+    let models = models_dir();
+    let args = [
+        "transform",
+        "--key",
+        path(&key),
+        "--out",
+        path(&out),
+        "--models",
+        path(&models),
+    ];
+    let o = eerag(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("manifest.json").exists());
+    assert!(out.join("generator/model.gguf").exists());
+    assert_clean_failure(&eerag(&args), "not empty");
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    assert!(eerag(&forced).status.success());
+}
+
+#[test]
+fn models_fetch_without_pip_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_eerag"))
+        .args(["models", "fetch", "--models", path(dir.path())])
+        .env("PYTHON", "/nonexistent/python3")
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, "cannot run");
+}

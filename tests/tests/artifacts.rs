@@ -93,18 +93,20 @@ fn ciphertext_of_one_key_is_refused_by_another() {
     };
     let other = ClientCipher::new(&Key::generate().unwrap(), shape);
     let ids = f
+        .sides
         .generator_tokenizer
         .encode("privileged and confidential")
         .unwrap();
-    let c = f.cipher.encrypt_generator(&ids).unwrap();
+    let c = f.sides.cipher.encrypt_generator(&ids).unwrap();
     assert!(matches!(
         other.decrypt_generator(&c),
         Err(EeError::KeyMismatch { .. })
     ));
-    assert_eq!(f.cipher.decrypt_generator(&c).unwrap(), ids);
+    assert_eq!(f.sides.cipher.decrypt_generator(&c).unwrap(), ids);
     let e = f
+        .sides
         .cipher
-        .encrypt_encoder(&f.encoder_tokenizer.encode("x").unwrap())
+        .encrypt_encoder(&f.sides.encoder_tokenizer.encode("x").unwrap())
         .unwrap();
     assert!(matches!(
         other.decrypt_encoder(&e),

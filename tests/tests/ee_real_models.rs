@@ -19,7 +19,7 @@ fn encoder_on_encrypted_ids_gives_rotated_plaintext_embeddings() {
     let f = fixture();
     let plain: Vec<Vec<u32>> = texts()
         .iter()
-        .map(|t| f.encoder_tokenizer.encode(t).unwrap())
+        .map(|t| f.sides.encoder_tokenizer.encode(t).unwrap())
         .collect();
     assert!(
         plain.iter().any(|s| s.len() == 256),
@@ -27,10 +27,10 @@ fn encoder_on_encrypted_ids_gives_rotated_plaintext_embeddings() {
     );
     let enc: Vec<Vec<u32>> = plain
         .iter()
-        .map(|s| f.cipher.encrypt_encoder(s).unwrap().ids().to_vec())
+        .map(|s| f.sides.cipher.encrypt_encoder(s).unwrap().ids().to_vec())
         .collect();
     assert_ne!(plain, enc);
-    let plain_vecs = embed_all(&f.plain_encoder, &plain);
+    let plain_vecs = embed_all(&f.sides.plain_encoder, &plain);
 
     // 1. The permuted weights alone: bitwise identical embeddings.
     let dir = tempfile::tempdir().unwrap();
@@ -55,9 +55,9 @@ fn encoder_on_encrypted_ids_gives_rotated_plaintext_embeddings() {
     }
 
     // 2. The host artifacts (R folded in): R × plaintext within 1e-6.
-    assert!(f.host_encoder.is_rotated());
-    let host_vecs = embed_all(&f.host_encoder, &enc);
-    let rot = f.cipher.rotation();
+    assert!(f.sides.host_encoder.is_rotated());
+    let host_vecs = embed_all(&f.sides.host_encoder, &enc);
+    let rot = f.sides.cipher.rotation();
     let mut worst = 0f32;
     for (h, p) in host_vecs.iter().zip(&plain_vecs) {
         for (a, b) in h.iter().zip(rot.rotate(p)) {
@@ -88,13 +88,13 @@ fn encoder_on_encrypted_ids_gives_rotated_plaintext_embeddings() {
 #[test]
 fn encoder_rejects_out_of_vocabulary_ids() {
     let f = fixture();
-    let bad = vec![101, f.host_encoder.vocab_size() as u32, 102];
-    assert!(f.host_encoder.embed(&[&bad], 1).is_err());
+    let bad = vec![101, f.sides.host_encoder.vocab_size() as u32, 102];
+    assert!(f.sides.host_encoder.embed(&[&bad], 1).is_err());
 }
 
 fn prompts() -> Vec<Vec<u32>> {
     let f = fixture();
-    let t = &f.generator_tokenizer;
+    let t = &f.sides.generator_tokenizer;
     [
         ("You are a helpful assistant.", "What is the capital of France?"),
         (
@@ -112,13 +112,13 @@ fn prompts() -> Vec<Vec<u32>> {
 #[test]
 fn generator_logits_are_plaintext_logits_permuted_bitwise_at_every_step() {
     let f = fixture();
-    let perm = f.cipher.generator_permutation();
+    let perm = f.sides.cipher.generator_permutation();
     for (n, prompt) in prompts().iter().enumerate() {
-        let mut ps = f.plain_generator.session();
-        let mut hs = f.host_generator.session();
+        let mut ps = f.sides.plain_generator.session();
+        let mut hs = f.sides.host_generator.session();
         let mut pl = ps.feed(prompt).unwrap();
         let mut hl = hs
-            .feed(f.cipher.encrypt_generator(prompt).unwrap().ids())
+            .feed(f.sides.cipher.encrypt_generator(prompt).unwrap().ids())
             .unwrap();
         for step in 0..16 {
             assert_eq!(pl.len(), hl.len());
@@ -140,8 +140,12 @@ fn generator_logits_are_plaintext_logits_permuted_bitwise_at_every_step() {
 #[test]
 fn decrypted_generations_equal_plaintext_for_greedy_and_seeded_sampling() {
     let f = fixture();
-    let c = &f.cipher;
-    let im_end = f.generator_tokenizer.special_id("<|im_end|>").unwrap();
+    let c = &f.sides.cipher;
+    let im_end = f
+        .sides
+        .generator_tokenizer
+        .special_id("<|im_end|>")
+        .unwrap();
     let settings = [
         Sampling::Greedy,
         Sampling::Random {
@@ -167,12 +171,14 @@ fn decrypted_generations_equal_plaintext_for_greedy_and_seeded_sampling() {
                 sampling: sampling.clone(),
             };
             let plain = f
+                .sides
                 .plain_generator
                 .session()
                 .generate(prompt, &opts(im_end), |_| true)
                 .unwrap();
             let mut streamed = Vec::new();
             let host = f
+                .sides
                 .host_generator
                 .session()
                 .generate(
@@ -203,7 +209,7 @@ fn decrypted_generations_equal_plaintext_for_greedy_and_seeded_sampling() {
 
 #[test]
 fn generator_tokenizer_round_trips_text_exactly() {
-    let t = &fixture().generator_tokenizer;
+    let t = &fixture().sides.generator_tokenizer;
     assert_eq!(t.vocab_size(), 49152);
     for text in texts() {
         let ids = t.encode(&text).unwrap();

@@ -1,0 +1,88 @@
+//! The public models next to their transformed twins, for the one kind of
+//! code that may see both sides: the in-process demo, benchmarks, evaluation
+//! and tests. Never used by host code.
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use crate::client::{ClientCipher, ModelShape};
+use crate::error::Result;
+use crate::key::Key;
+use crate::models::fetch::ModelsDir;
+use crate::models::{Encoder, Generator};
+use crate::tokenize::{EncoderTokenizer, GeneratorTokenizer};
+use crate::transform::HostArtifacts;
+
+/// Client tools (key, tokenizers, public models) beside host models.
+pub struct SideBySide {
+    /// The key, expanded for these models.
+    pub cipher: ClientCipher,
+    /// The public encoder's tokenizer.
+    pub encoder_tokenizer: EncoderTokenizer,
+    /// The public generator's tokenizer.
+    pub generator_tokenizer: GeneratorTokenizer,
+    /// The public encoder (plaintext ids).
+    pub plain_encoder: Encoder,
+    /// The transformed encoder (encrypted ids).
+    pub host_encoder: Encoder,
+    /// The public generator (plaintext ids).
+    pub plain_generator: Generator,
+    /// The transformed generator (encrypted ids).
+    pub host_generator: Generator,
+}
+
+impl SideBySide {
+    /// Loads the public models from `models` and the transformed ones from
+    /// `artifacts` (made for `key`) on `device`.
+    pub fn load(
+        key: &Key,
+        models: &ModelsDir,
+        artifacts: &HostArtifacts,
+        device: &Device,
+    ) -> Result<Self> {
+        let plain_encoder = Encoder::load(&models.encoder_dir(), device)?;
+        let host_encoder = Encoder::load(&artifacts.encoder_dir(), device)?;
+        let plain_generator = Generator::load(&models.generator_gguf(), device)?;
+        let host_generator = Generator::load(&artifacts.generator_gguf(), device)?;
+        let cipher = ClientCipher::new(
+            key,
+            ModelShape {
+                encoder_vocab: plain_encoder.vocab_size(),
+                embedding_dim: plain_encoder.dim(),
+                generator_vocab: plain_generator.vocab_size(),
+            },
+        );
+        Ok(Self {
+            cipher,
+            encoder_tokenizer: EncoderTokenizer::from_model_dir(&models.encoder_dir())?,
+            generator_tokenizer: GeneratorTokenizer::from_gguf(&models.generator_gguf())?,
+            plain_encoder,
+            host_encoder,
+            plain_generator,
+            host_generator,
+        })
+    }
+
+    /// Transforms the models in `models` for `key` into `out`, then loads
+    /// both sides; returns them with the seconds the transform took.
+    pub fn transform_and_load(
+        key: &Key,
+        models: &ModelsDir,
+        out: &Path,
+        device: &Device,
+    ) -> Result<(Self, HostArtifacts, f64)> {
+        let started = std::time::Instant::now();
+        crate::transform::transform(
+            key,
+            &models.encoder_dir(),
+            &models.generator_gguf(),
+            out,
+            false,
+        )?;
+        let secs = started.elapsed().as_secs_f64();
+        let artifacts = HostArtifacts::open(out, true)?;
+        let sides = Self::load(key, models, &artifacts, device)?;
+        Ok((sides, artifacts, secs))
+    }
+}

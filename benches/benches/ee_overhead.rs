@@ -38,8 +38,13 @@ fn token_ids(c: &mut Criterion) {
 }
 
 fn sampling(c: &mut Criterion) {
-    let logits: Vec<f32> = (0..49152u32)
-        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 8) % 20000) as f32 / 1000.0)
+    // Zipf-like logits, as a language model's are: the token of rank r (a
+    // scrambled bijection of the ids) gets 12 - 2.5·ln(1 + r).
+    let logits: Vec<f32> = (0..49152u64)
+        .map(|i| {
+            let rank = (i * 2_654_435_761) % 49152;
+            12.0 - 2.5 * (1.0 + rank as f32).ln()
+        })
         .collect();
     let mut g = c.benchmark_group("sampling_49152");
     g.bench_function("argmax", |b| b.iter(|| argmax(black_box(&logits))));

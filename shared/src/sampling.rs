@@ -1,12 +1,12 @@
 //! Token sampling whose choices depend only on the logits' values.
 //!
 //! On encrypted ids the transformed generator's logits are the plaintext
-//! logits permuted. Sorting by value turns both into the same sequence of
-//! values, and every later step (temperature, top-k, top-p, the random draw)
-//! runs on that sequence, so both choose the same *position*, which maps back
-//! to the same plaintext token. The one case that can differ is an exact tie
-//! between distinct tokens at the chosen position: ties are broken by id, and
-//! ids differ between the two spaces.
+//! logits permuted. Every step here (temperature, top-k, top-p, the random
+//! draw) is a function of the multiset of values and of walking them from the
+//! largest down, and sums are exact fixed-point integers, so both spaces
+//! choose the same *position*, which maps back to the same plaintext token.
+//! The one case that can differ is an exact tie between distinct tokens at the
+//! chosen position: ties are broken by id, and ids differ between the spaces.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -110,43 +110,77 @@ impl Sampler {
         top_p: f32,
         top_k: Option<usize>,
     ) -> u32 {
-        let value = |i: &u32| sortable(logits[*i as usize]);
+        let value = |i: u32| sortable(logits[i as usize]);
+        let max = logits
+            .iter()
+            .map(|&x| sortable(x))
+            .fold(f32::NEG_INFINITY, f32::max);
+        // Weights in fixed point: integer sums are exact, so they do not depend
+        // on the order the ids come in, and no full sort is needed to total them.
+        let weight = |i: u32| -> u128 {
+            let w = ((value(i) - max) / temperature).exp();
+            // A NaN (from an infinite logit) casts to 0.
+            (w as f64 * WEIGHT_ONE) as u128
+        };
         let order = &mut self.order;
         order.clear();
         order.extend(0..logits.len() as u32);
         if let Some(k) = top_k.filter(|&k| k < order.len()) {
-            order.select_nth_unstable_by(k - 1, |a, b| value(b).total_cmp(&value(a)));
+            order.select_nth_unstable_by(k - 1, |a, b| value(*b).total_cmp(&value(*a)));
             order.truncate(k);
         }
-        order.sort_unstable_by(|a, b| value(b).total_cmp(&value(a)));
-        // Everything below runs on the sorted values only.
-        let max = value(&order[0]);
-        let weights: Vec<f64> = order
-            .iter()
-            .map(|i| (((value(i) - max) / temperature) as f64).exp())
-            .collect();
-        let total: f64 = weights.iter().sum();
-        let mut kept = weights.len();
-        if top_p < 1.0 {
-            let mut cum = 0.0;
-            for (n, w) in weights.iter().enumerate() {
-                cum += w;
-                if cum >= top_p as f64 * total {
-                    kept = n + 1;
-                    break;
-                }
+        let total: u128 = order.iter().map(|&i| weight(i)).sum();
+        if total == 0 {
+            return argmax(logits);
+        }
+        // The nucleus: the shortest run of most likely tokens holding top_p of the mass.
+        let kept_total = if top_p < 1.0 {
+            let goal = ((total as f64 * top_p as f64).ceil() as u128).clamp(1, total);
+            prefix_mass(order, &value, &weight, |cum| cum >= goal).1
+        } else {
+            total
+        };
+        let target = (self.rng.random::<u64>() as u128 * kept_total) >> 64;
+        let (n, _) = prefix_mass(order, &value, &weight, |cum| cum > target);
+        order[n - 1]
+    }
+}
+
+/// Fixed-point one: weights are in (0, 1], so each fits in 62 bits and a sum
+/// over any vocabulary fits in a u128.
+const WEIGHT_ONE: f64 = (1u64 << 62) as f64;
+
+/// Walks `order` from the largest value down, accumulating `weight`, and
+/// returns how many entries it took (and their mass) for `done` to hold.
+/// Only the front of `order` is sorted, growing 4× at a time: the mass of a
+/// language model's next-token distribution sits in its first few dozen ids.
+/// Ties are interchangeable here — equal values have equal weights, so every
+/// prefix has the same mass whichever tied id comes first.
+fn prefix_mass(
+    order: &mut [u32],
+    value: &impl Fn(u32) -> f32,
+    weight: &impl Fn(u32) -> u128,
+    done: impl Fn(u128) -> bool,
+) -> (usize, u128) {
+    let by_value_desc = |a: &u32, b: &u32| value(*b).total_cmp(&value(*a));
+    let mut front = order.len().min(64);
+    loop {
+        if front < order.len() {
+            order.select_nth_unstable_by(front - 1, by_value_desc);
+        }
+        order[..front].sort_unstable_by(by_value_desc);
+        let mut cum = 0u128;
+        for (n, &i) in order[..front].iter().enumerate() {
+            cum += weight(i);
+            if done(cum) {
+                return (n + 1, cum);
             }
         }
-        let kept_total: f64 = weights[..kept].iter().sum();
-        let target = self.rng.random::<f64>() * kept_total;
-        let mut cum = 0.0;
-        for (n, w) in weights[..kept].iter().enumerate() {
-            cum += w;
-            if target < cum {
-                return order[n];
-            }
+        if front == order.len() {
+            // Unreachable for the callers' goals (at most the total mass).
+            return (front, cum);
         }
-        order[kept - 1]
+        front = (front * 4).min(order.len());
     }
 }
 
@@ -207,6 +241,13 @@ mod tests {
                 top_k: Some(3),
                 seed: 9,
             },
+            // Nearly flat: draws land deep in the order, past the first sorted front.
+            Sampling::Random {
+                temperature: 50.0,
+                top_p: 1.0,
+                top_k: None,
+                seed: 3,
+            },
         ];
         for s in settings {
             let mut plain = Sampler::new(s.clone()).unwrap();
@@ -225,6 +266,41 @@ mod tests {
                 assert!(distinct.len() > 1, "{s:?} never varied");
             }
         }
+    }
+
+    fn frequencies(sampling: Sampling, logits: &[f32], draws: usize) -> Vec<f64> {
+        let mut sampler = Sampler::new(sampling).unwrap();
+        let mut counts = vec![0usize; logits.len()];
+        for _ in 0..draws {
+            counts[sampler.sample(logits).unwrap() as usize] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / draws as f64).collect()
+    }
+
+    #[test]
+    fn draws_follow_the_tempered_truncated_distribution() {
+        // Probabilities 1/7, 2/7, 4/7 and 0.
+        let logits = [0.0, 2f32.ln(), 4f32.ln(), f32::NEG_INFINITY];
+        let close =
+            |got: &[f64], want: &[f64]| got.iter().zip(want).all(|(g, w)| (g - w).abs() < 0.015);
+        let random = |temperature, top_p, top_k| Sampling::Random {
+            temperature,
+            top_p,
+            top_k,
+            seed: 5,
+        };
+        let f = frequencies(random(1.0, 1.0, None), &logits, 40_000);
+        assert!(close(&f, &[1.0 / 7.0, 2.0 / 7.0, 4.0 / 7.0, 0.0]), "{f:?}");
+        // top_p 0.5: the most likely token alone holds 4/7 >= 0.5.
+        let f = frequencies(random(1.0, 0.5, None), &logits, 2_000);
+        assert_eq!(f, vec![0.0, 0.0, 1.0, 0.0]);
+        // top_p 0.8: the two most likely, renormalised to 2/6 and 4/6.
+        let f = frequencies(random(1.0, 0.8, None), &logits, 40_000);
+        assert!(close(&f, &[0.0, 1.0 / 3.0, 2.0 / 3.0, 0.0]), "{f:?}");
+        // top_k 2 at temperature 2: weights sqrt(2) and sqrt(4).
+        let f = frequencies(random(2.0, 1.0, Some(2)), &logits, 40_000);
+        let (a, b) = (2f64.sqrt(), 2.0);
+        assert!(close(&f, &[0.0, a / (a + b), b / (a + b), 0.0]), "{f:?}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Reading and chunking files (client side), the host ingest pipeline and the
-//! batch re-indexing jobs. The store backends (qdrant-edge + tantivy) are
-//! dependencies already so the whole tree is proven to build; the pipeline
-//! itself lands with the host-service issue.
+//! batch re-indexing jobs.
+//!
+//! So far: the keyword index ([`keyword`]). The vector store (qdrant-edge) is
+//! a dependency already so the whole tree is proven to build.
+
+pub mod keyword;
 
 pub use qdrant_edge;
-pub use tantivy;

@@ -1,0 +1,366 @@
+//! The keyword index: BM25 over encrypted encoder ids, with tantivy.
+//!
+//! BM25 sees only term frequencies, document frequencies and lengths, all of
+//! which a bijection of the vocabulary preserves, so ranking ciphertext ids
+//! ranks exactly as ranking the plaintext ids would. Each chunk is indexed as
+//! its ids written as whitespace-separated decimal terms, with no lowercasing
+//! or stemming (they are not words). The index is derived data: the vector
+//! store is the source of truth and can rebuild it.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use eerag_shared::EncEncoderIds;
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED,
+    STRING,
+};
+use tantivy::tokenizer::{TextAnalyzer, WhitespaceTokenizer};
+use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+/// Name under which the id tokenizer is registered on every index handle.
+const ID_TOKENIZER: &str = "eerag_ids";
+/// Heap for the single index writer: chunks are small, batches modest.
+const WRITER_HEAP_BYTES: usize = 50_000_000;
+
+/// Errors of the keyword index.
+#[derive(Debug, thiserror::Error)]
+pub enum KeywordError {
+    #[error("keyword index: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("keyword index: could not create {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One search hit: the chunk's id and its BM25 score.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KeywordHit {
+    pub chunk_id: u64,
+    pub score: f32,
+}
+
+/// A chunk to index.
+pub struct KeywordChunk<'a> {
+    /// Unique id of the chunk (the vector store's point id).
+    pub chunk_id: u64,
+    /// The document the chunk belongs to, for deleting a whole document.
+    pub doc_id: &'a str,
+    /// The chunk's encrypted encoder ids.
+    pub ids: &'a EncEncoderIds,
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    chunk_id: Field,
+    doc_id: Field,
+    ids: Field,
+}
+
+/// A BM25 index of encrypted chunks, on disk.
+pub struct KeywordIndex {
+    index: Index,
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    fields: Fields,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let chunk_id = b.add_u64_field("chunk_id", INDEXED | STORED | FAST);
+    let doc_id = b.add_text_field("doc_id", STRING | STORED);
+    let ids = b.add_text_field(
+        "ids",
+        TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(ID_TOKENIZER)
+                .set_index_option(IndexRecordOption::WithFreqs),
+        ),
+    );
+    (
+        b.build(),
+        Fields {
+            chunk_id,
+            doc_id,
+            ids,
+        },
+    )
+}
+
+/// Ids as the text tantivy indexes: `"17 4 17 9"`.
+fn as_terms(ids: &[u32]) -> String {
+    let mut s = String::with_capacity(ids.len() * 6);
+    for (n, id) in ids.iter().enumerate() {
+        if n > 0 {
+            s.push(' ');
+        }
+        s.push_str(&id.to_string());
+    }
+    s
+}
+
+impl KeywordIndex {
+    /// Opens the index in `dir`, creating it if needed.
+    pub fn open_or_create(dir: &Path) -> Result<Self, KeywordError> {
+        std::fs::create_dir_all(dir).map_err(|source| KeywordError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let (schema, fields) = schema();
+        let directory =
+            tantivy::directory::MmapDirectory::open(dir).map_err(tantivy::TantivyError::from)?;
+        let index = Index::open_or_create(directory, schema)?;
+        Self::wrap(index, fields)
+    }
+
+    /// An index in memory (tests and throwaway evaluation runs).
+    pub fn in_memory() -> Result<Self, KeywordError> {
+        let (schema, fields) = schema();
+        Self::wrap(Index::create_in_ram(schema), fields)
+    }
+
+    fn wrap(index: Index, fields: Fields) -> Result<Self, KeywordError> {
+        // Tokenizers are not persisted: register on every handle, new or reopened.
+        index.tokenizers().register(
+            ID_TOKENIZER,
+            TextAnalyzer::from(WhitespaceTokenizer::default()),
+        );
+        let writer = index.writer(WRITER_HEAP_BYTES)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(Self {
+            index,
+            reader,
+            writer: Mutex::new(writer),
+            fields,
+        })
+    }
+
+    /// Adds or replaces chunks (by chunk id) and commits: when this returns,
+    /// the batch is durable and searchable.
+    pub fn upsert(&self, chunks: &[KeywordChunk<'_>]) -> Result<(), KeywordError> {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let f = self.fields;
+        for c in chunks {
+            writer.delete_term(Term::from_field_u64(f.chunk_id, c.chunk_id));
+            writer.add_document(doc!(
+                f.chunk_id => c.chunk_id,
+                f.doc_id => c.doc_id,
+                f.ids => as_terms(c.ids.ids()),
+            ))?;
+        }
+        self.commit(&mut writer)
+    }
+
+    /// Removes every chunk of a document and commits.
+    pub fn delete_document(&self, doc_id: &str) -> Result<(), KeywordError> {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        writer.delete_term(Term::from_field_text(self.fields.doc_id, doc_id));
+        self.commit(&mut writer)
+    }
+
+    fn commit(&self, writer: &mut IndexWriter) -> Result<(), KeywordError> {
+        if let Err(e) = writer.commit() {
+            // Drop the uncommitted operations so the next batch starts clean.
+            let _ = writer.rollback();
+            return Err(e.into());
+        }
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Number of chunks indexed.
+    pub fn len(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// True when nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `k` best chunks for the query ids by BM25, summed over the query's
+    /// distinct ids. Every term statistic is the same in both id spaces, but
+    /// tantivy adds the per-term scores in its own order (which follows the
+    /// term dictionary, i.e. the ids' order), so scores agree to float
+    /// rounding (about 1e-7 relative) rather than bitwise.
+    pub fn search(&self, query: &EncEncoderIds, k: usize) -> Result<Vec<KeywordHit>, KeywordError> {
+        let mut seen = std::collections::HashSet::new();
+        let clauses: Vec<(Occur, Box<dyn Query>)> = query
+            .ids()
+            .iter()
+            .filter(|id| seen.insert(**id))
+            .map(|id| {
+                let term = Term::from_field_text(self.fields.ids, &id.to_string());
+                let q: Box<dyn Query> =
+                    Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs));
+                (Occur::Should, q)
+            })
+            .collect();
+        if clauses.is_empty() || k == 0 {
+            return Ok(Vec::new());
+        }
+        let searcher = self.reader.searcher();
+        let top = searcher.search(
+            &BooleanQuery::new(clauses),
+            &TopDocs::with_limit(k).order_by_score(),
+        )?;
+        top.into_iter()
+            .map(|(score, addr)| {
+                let doc: TantivyDocument = searcher.doc(addr)?;
+                let chunk_id = doc
+                    .get_first(self.fields.chunk_id)
+                    .and_then(|v| v.as_u64())
+                    .ok_or_else(|| {
+                        tantivy::TantivyError::InternalError("chunk without chunk_id".into())
+                    })?;
+                Ok(KeywordHit { chunk_id, score })
+            })
+            .collect()
+    }
+
+    /// The tantivy index, for maintenance (e.g. merging segments).
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eerag_shared::client::{ClientCipher, ModelShape};
+    use eerag_shared::Key;
+
+    const VOCAB: usize = 2000;
+
+    /// Zipf-ish synthetic chunks: realistic term statistics without a model.
+    fn corpus() -> Vec<Vec<u32>> {
+        let mut x = 0x2545F4914F6CDD1Du64;
+        (0..300)
+            .map(|_| {
+                let len = 20 + (x % 60) as usize;
+                (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let u = (x % 10_000) as f64 / 10_000.0;
+                        ((VOCAB as f64).powf(u) as u32).min(VOCAB as u32 - 1)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn build(index: &KeywordIndex, chunks: &[EncEncoderIds]) {
+        let docs: Vec<String> = (0..chunks.len()).map(|i| format!("doc{}", i / 3)).collect();
+        let batch: Vec<KeywordChunk> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, ids)| KeywordChunk {
+                chunk_id: i as u64,
+                doc_id: &docs[i],
+                ids,
+            })
+            .collect();
+        index.upsert(&batch).unwrap();
+    }
+
+    #[test]
+    fn bm25_over_ciphertext_ranks_exactly_as_over_plaintext() {
+        let shape = ModelShape {
+            encoder_vocab: VOCAB,
+            embedding_dim: 4,
+            generator_vocab: 10,
+        };
+        let cipher = ClientCipher::new(&Key::from_secret([7; 32]), shape);
+        let identity = Key::from_secret([7; 32]).id();
+        let plain: Vec<EncEncoderIds> = corpus()
+            .into_iter()
+            .map(|ids| EncEncoderIds::new(identity, ids))
+            .collect();
+        let enc: Vec<EncEncoderIds> = plain
+            .iter()
+            .map(|p| cipher.encrypt_encoder(p.ids()).unwrap())
+            .collect();
+        let (pi, ei) = (
+            KeywordIndex::in_memory().unwrap(),
+            KeywordIndex::in_memory().unwrap(),
+        );
+        build(&pi, &plain);
+        build(&ei, &enc);
+        for q in plain.iter().step_by(7) {
+            let query = &q.ids()[..q.len().min(8)];
+            let p = pi
+                .search(&EncEncoderIds::new(identity, query.to_vec()), 10)
+                .unwrap();
+            let e = ei
+                .search(&cipher.encrypt_encoder(query).unwrap(), 10)
+                .unwrap();
+            assert!(!p.is_empty());
+            let ids = |h: &[KeywordHit]| h.iter().map(|h| h.chunk_id).collect::<Vec<_>>();
+            assert_eq!(ids(&p), ids(&e), "rankings differ");
+            for (a, b) in p.iter().zip(&e) {
+                assert!(
+                    (a.score - b.score).abs() <= 1e-6 * a.score.abs(),
+                    "{a:?} vs {b:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn upsert_replaces_delete_removes_and_reopen_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::from_secret([1; 32]).id();
+        let a = EncEncoderIds::new(key, vec![5, 6, 7]);
+        let b = EncEncoderIds::new(key, vec![8, 9]);
+        {
+            let index = KeywordIndex::open_or_create(dir.path()).unwrap();
+            index
+                .upsert(&[
+                    KeywordChunk {
+                        chunk_id: 1,
+                        doc_id: "d1",
+                        ids: &a,
+                    },
+                    KeywordChunk {
+                        chunk_id: 2,
+                        doc_id: "d2",
+                        ids: &b,
+                    },
+                ])
+                .unwrap();
+            // Same chunk id again: replaced, not duplicated.
+            index
+                .upsert(&[KeywordChunk {
+                    chunk_id: 1,
+                    doc_id: "d1",
+                    ids: &a,
+                }])
+                .unwrap();
+            assert_eq!(index.len(), 2);
+        }
+        // Reopened (the tokenizer must be registered again for search to work).
+        let index = KeywordIndex::open_or_create(dir.path()).unwrap();
+        assert_eq!(index.len(), 2);
+        let hits = index.search(&EncEncoderIds::new(key, vec![9]), 5).unwrap();
+        assert_eq!(hits.iter().map(|h| h.chunk_id).collect::<Vec<_>>(), vec![2]);
+        index.delete_document("d2").unwrap();
+        assert_eq!(index.len(), 1);
+        assert!(index
+            .search(&EncEncoderIds::new(key, vec![9]), 5)
+            .unwrap()
+            .is_empty());
+        assert!(index
+            .search(&EncEncoderIds::new(key, vec![]), 5)
+            .unwrap()
+            .is_empty());
+    }
+}

@@ -140,7 +140,8 @@ impl Sampler {
         } else {
             total
         };
-        let target = (self.rng.random::<u64>() as u128 * kept_total) >> 64;
+        // Uniform in [0, kept_total): the total can exceed 2^64, so draw in u128.
+        let target = self.rng.random_range(0..kept_total);
         let (n, _) = prefix_mass(order, &value, &weight, |cum| cum > target);
         order[n - 1]
     }
@@ -301,6 +302,26 @@ mod tests {
         let f = frequencies(random(2.0, 1.0, Some(2)), &logits, 40_000);
         let (a, b) = (2f64.sqrt(), 2.0);
         assert!(close(&f, &[0.0, a / (a + b), b / (a + b), 0.0]), "{f:?}");
+    }
+
+    #[test]
+    fn draws_reach_deep_into_a_flat_distribution() {
+        // 1,000 equal logits: the total weight is 1,000 × 2^62, far past 2^64.
+        let logits = vec![1.5f32; 1000];
+        let random = Sampling::Random {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: None,
+            seed: 21,
+        };
+        let f = frequencies(random, &logits, 50_000);
+        // Ten buckets of 100 ids each get about a tenth of the draws.
+        for bucket in f.chunks(100) {
+            let share: f64 = bucket.iter().sum();
+            assert!((share - 0.1).abs() < 0.01, "bucket share {share}");
+        }
+        let deep: f64 = f[500..].iter().sum();
+        assert!(deep > 0.45, "only {deep} of draws past id 500");
     }
 
     #[test]

@@ -48,7 +48,18 @@ fn raw_tensor<R: Read + Seek>(
     let dims = info.shape.dims();
     let row_len = *dims.last().unwrap_or(&0);
     let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-    let size = rows * row_bytes(info.ggml_dtype, row_len)?;
+    let size = rows
+        .checked_mul(row_bytes(info.ggml_dtype, row_len)?)
+        .ok_or_else(|| EeError::Model("tensor size overflows".into()))?;
+    let file_len = reader
+        .seek(SeekFrom::End(0))
+        .map_err(|e| EeError::Model(format!("reading tensor data: {e}")))?;
+    let start = content.tensor_data_offset.saturating_add(info.offset);
+    if start.saturating_add(size as u64) > file_len {
+        return Err(EeError::Model(
+            "tensor data runs past the end of the file".into(),
+        ));
+    }
     let mut raw = vec![0u8; size];
     reader
         .seek(SeekFrom::Start(content.tensor_data_offset + info.offset))
@@ -80,7 +91,11 @@ pub fn vocab_size(content: &gguf_file::Content) -> Result<usize> {
         .tensor_infos
         .get(TOKEN_EMBEDDING)
         .ok_or_else(|| EeError::Model(format!("GGUF has no {TOKEN_EMBEDDING}")))?;
-    Ok(info.shape.dims()[0])
+    info.shape
+        .dims()
+        .first()
+        .copied()
+        .ok_or_else(|| EeError::Model(format!("{TOKEN_EMBEDDING} is a scalar")))
 }
 
 /// Writes `out`: the model of `input` with the token-embedding rows (and the

@@ -197,6 +197,8 @@ impl Key {
         out.extend_from_slice(&KEY_FILE_VERSION.to_le_bytes());
         out.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
         out.extend_from_slice(&encoded);
+        let mut encoded = encoded;
+        encoded.zeroize();
         let checksum = Sha256::digest(&out);
         out.extend_from_slice(&checksum);
         out
@@ -262,7 +264,10 @@ impl Key {
         })?;
         let mut tmp_name = std::ffi::OsString::from(".");
         tmp_name.push(file_name);
-        tmp_name.push(format!(".tmp-{}", std::process::id()));
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| EeError::InvalidArgument(format!("OS random source failed: {e}")))?;
+        tmp_name.push(format!(".tmp-{}", hex::encode(nonce)));
         let tmp = path.with_file_name(tmp_name);
         let mut opts = OpenOptions::new();
         opts.write(true).create_new(true);

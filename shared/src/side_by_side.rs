@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::Device;
 
 use crate::client::{ClientCipher, ModelShape};
-use crate::error::Result;
+use crate::error::{EeError, Result};
 use crate::key::Key;
 use crate::models::fetch::ModelsDir;
 use crate::models::{Encoder, Generator};
@@ -41,10 +41,33 @@ impl SideBySide {
         artifacts: &HostArtifacts,
         device: &Device,
     ) -> Result<Self> {
+        if artifacts.key_id() != key.id() {
+            return Err(EeError::KeyMismatch {
+                expected: key.id().to_string(),
+                found: artifacts.key_id().to_string(),
+            });
+        }
         let plain_encoder = Encoder::load(&models.encoder_dir(), device)?;
         let host_encoder = Encoder::load(&artifacts.encoder_dir(), device)?;
         let plain_generator = Generator::load(&models.generator_gguf(), device)?;
         let host_generator = Generator::load(&artifacts.generator_gguf(), device)?;
+        let m = artifacts.manifest();
+        for (vocab, expected, found) in [
+            ("encoder", m.encoder.vocab_size, plain_encoder.vocab_size()),
+            (
+                "generator",
+                m.generator.vocab_size,
+                plain_generator.vocab_size(),
+            ),
+        ] {
+            if expected != found {
+                return Err(EeError::VocabMismatch {
+                    vocab,
+                    expected,
+                    found,
+                });
+            }
+        }
         let cipher = ClientCipher::new(
             key,
             ModelShape {

@@ -80,45 +80,68 @@ pub fn transform(
     out: &Path,
     overwrite: bool,
 ) -> Result<Manifest> {
+    let refuse = |reason: &str| EeError::Artifacts {
+        dir: out.to_path_buf(),
+        reason: reason.into(),
+    };
+    let mut replacing = false;
     if out.exists() {
         let non_empty = std::fs::read_dir(out)
             .map_err(|e| EeError::io(out, e))?
             .next()
             .is_some();
-        if non_empty && !overwrite {
-            return Err(EeError::Artifacts {
-                dir: out.to_path_buf(),
-                reason: "directory is not empty (pass --force to replace it)".into(),
-            });
+        if non_empty {
+            // --force replaces earlier artifacts, never an arbitrary directory.
+            if !out.join(MANIFEST_FILE).is_file() {
+                return Err(refuse(
+                    "directory is not empty and holds no eerag artifacts",
+                ));
+            }
+            if !overwrite {
+                return Err(refuse(
+                    "directory is not empty (pass --force to replace it)",
+                ));
+            }
+            replacing = true;
         }
     }
+    let name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| refuse("the output path must end in a directory name"))?;
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| EeError::io(parent, e))?;
-    let staging = parent.join(format!(
-        ".{}.partial-{}",
-        out.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("artifacts"),
-        std::process::id()
-    ));
+    let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|e| EeError::io(&staging, e))?;
     }
-    let result = write_artifacts(key, encoder_dir, generator_gguf, &staging);
-    let manifest = match result {
+    let manifest = match write_artifacts(key, encoder_dir, generator_gguf, &staging) {
         Ok(m) => m,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }
     };
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(|e| EeError::io(out, e))?;
+    // Move the old artifacts aside before the new ones take the name, so a
+    // failure in between leaves one complete set in place or beside it.
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    if replacing {
+        std::fs::rename(out, &old).map_err(|e| EeError::io(out, e))?;
+    } else if out.exists() {
+        std::fs::remove_dir(out).map_err(|e| EeError::io(out, e))?;
     }
-    std::fs::rename(&staging, out).map_err(|e| EeError::io(out, e))?;
+    if let Err(e) = std::fs::rename(&staging, out) {
+        if replacing {
+            let _ = std::fs::rename(&old, out);
+        }
+        return Err(EeError::io(out, e));
+    }
+    if replacing {
+        std::fs::remove_dir_all(&old).map_err(|e| EeError::io(&old, e))?;
+    }
     Ok(manifest)
 }
 
@@ -147,11 +170,7 @@ fn write_artifacts(
     };
 
     let mut files = BTreeMap::new();
-    for rel in [
-        format!("{ENCODER_SUBDIR}/{CONFIG_FILE}"),
-        format!("{ENCODER_SUBDIR}/{WEIGHTS_FILE}"),
-        GENERATOR_FILE.to_string(),
-    ] {
+    for rel in artifact_files() {
         files.insert(rel.clone(), sha256_file(&dir.join(&rel))?);
     }
     let manifest = Manifest {
@@ -169,6 +188,17 @@ fn write_artifacts(
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
     std::fs::write(&path, text).map_err(|e| EeError::io(&path, e))?;
     Ok(manifest)
+}
+
+/// Paths of the artifact files (besides the manifest), in sorted order.
+fn artifact_files() -> Vec<String> {
+    let mut files = vec![
+        format!("{ENCODER_SUBDIR}/{CONFIG_FILE}"),
+        format!("{ENCODER_SUBDIR}/{WEIGHTS_FILE}"),
+        GENERATOR_FILE.to_string(),
+    ];
+    files.sort();
+    files
 }
 
 /// Permutes the word-embedding rows by `π_enc` (bitwise copies) and adds `R`.
@@ -197,7 +227,14 @@ fn transform_encoder(key: &Key, base: &Path, out: &Path) -> Result<EncoderInfo> 
         .cloned()
         .ok_or_else(|| EeError::Model("encoder has no word_embeddings.weight".into()))?;
     let table = &tensors[&name];
-    let vocab = table.dims()[0];
+    let vocab = match table.dims() {
+        [vocab, _] => *vocab,
+        dims => {
+            return Err(EeError::Model(format!(
+                "{name} has shape {dims:?}, expected [vocab, dim]"
+            )))
+        }
+    };
     let perm = key.encoder_permutation(vocab);
     // new[c] = old[π⁻¹[c]], i.e. row t moves to row π[t].
     let inverse: Vec<u32> = (0..vocab as u32)
@@ -245,6 +282,13 @@ impl HostArtifacts {
             return Err(bad(format!(
                 "manifest format {:?}, this build reads {MANIFEST_FORMAT:?}",
                 manifest.format
+            )));
+        }
+        let expected: Vec<String> = artifact_files();
+        if !manifest.files.keys().eq(expected.iter()) {
+            return Err(bad(format!(
+                "manifest lists {:?}, expected exactly {expected:?}",
+                manifest.files.keys().collect::<Vec<_>>()
             )));
         }
         if verify {

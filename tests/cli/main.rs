@@ -104,7 +104,7 @@ fn damaged_key_files_are_clear_errors_not_panics() {
 }
 
 #[test]
-fn transform_writes_artifacts_in_seconds_and_refuses_a_full_directory() {
+fn transform_writes_artifacts_and_replaces_them_only_when_forced() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("k.eekey");
     assert!(eerag(&["keygen", "--out", path(&key)]).status.success());
@@ -123,10 +123,31 @@ fn transform_writes_artifacts_in_seconds_and_refuses_a_full_directory() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.join("manifest.json").exists());
     assert!(out.join("generator/model.gguf").exists());
+    let manifest = std::fs::read(out.join("manifest.json")).unwrap();
     assert_clean_failure(&eerag(&args), "not empty");
+    assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), manifest);
     let mut forced = args.to_vec();
     forced.push("--force");
     assert!(eerag(&forced).status.success());
+    assert_ne!(std::fs::read(out.join("manifest.json")).unwrap(), manifest);
+    // --force never deletes a directory that is not an artifacts directory.
+    let precious = dir.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("notes.txt"), b"keep me").unwrap();
+    let mut elsewhere = forced.clone();
+    elsewhere[4] = path(&precious);
+    assert_clean_failure(&eerag(&elsewhere), "holds no eerag artifacts");
+    assert_eq!(
+        std::fs::read(precious.join("notes.txt")).unwrap(),
+        b"keep me"
+    );
+    // No staging or old directories are left beside the output.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[test]

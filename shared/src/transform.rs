@@ -159,6 +159,14 @@ fn write_artifacts(
     let gen_parent = gen_path.parent().expect("generator path has a parent");
     std::fs::create_dir_all(gen_parent).map_err(|e| EeError::io(gen_parent, e))?;
     let (content, _) = gguf::read(generator_gguf)?;
+    // Host artifacts have their tokenizer stripped: a GGUF without one is
+    // most likely transformed already, and permuting it again is garbage.
+    if !content.metadata.contains_key("tokenizer.ggml.tokens") {
+        return Err(EeError::Model(format!(
+            "{} has no tokenizer metadata: transform the public base model, not host artifacts",
+            generator_gguf.display()
+        )));
+    }
     let vocab = gguf::vocab_size(&content)?;
     let has_output_head = content.tensor_infos.contains_key(gguf::OUTPUT_HEAD);
     drop(content);

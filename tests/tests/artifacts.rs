@@ -153,3 +153,31 @@ fn artifacts_of_another_key_are_refused_not_garbage() {
     );
     assert!(matches!(loaded, Err(EeError::KeyMismatch { .. })));
 }
+
+#[test]
+fn transformed_models_are_not_transformed_again() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let key = Key::from_secret([9; 32]);
+    let twice = transform::transform(
+        &key,
+        &f.models.encoder_dir(),
+        &f.artifacts.generator_gguf(),
+        &dir.path().join("a"),
+        false,
+    );
+    assert!(matches!(twice, Err(EeError::Model(m)) if m.contains("no tokenizer metadata")));
+    let twice = transform::transform(
+        &key,
+        &f.artifacts.encoder_dir(),
+        &f.models.generator_gguf(),
+        &dir.path().join("b"),
+        false,
+    );
+    assert!(matches!(twice, Err(EeError::Model(m)) if m.contains("already transformed")));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "left files behind"
+    );
+}

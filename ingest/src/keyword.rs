@@ -14,8 +14,7 @@ use eerag_shared::EncEncoderIds;
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED,
-    STRING,
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
 };
 use tantivy::tokenizer::{TextAnalyzer, WhitespaceTokenizer};
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
@@ -38,18 +37,21 @@ pub enum KeywordError {
 }
 
 /// One search hit: the chunk's id and its BM25 score.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct KeywordHit {
-    pub chunk_id: u64,
+    pub chunk_id: String,
     pub score: f32,
 }
 
 /// A chunk to index.
 pub struct KeywordChunk<'a> {
     /// Unique id of the chunk (the vector store's point id).
-    pub chunk_id: u64,
+    pub chunk_id: &'a str,
     /// The document the chunk belongs to, for deleting a whole document.
     pub doc_id: &'a str,
+    /// Which version of the chunk this is (the document's content hash), so a
+    /// reconciliation with the vector store can tell stale entries apart.
+    pub version: &'a str,
     /// The chunk's encrypted encoder ids.
     pub ids: &'a EncEncoderIds,
 }
@@ -58,6 +60,7 @@ pub struct KeywordChunk<'a> {
 struct Fields {
     chunk_id: Field,
     doc_id: Field,
+    version: Field,
     ids: Field,
 }
 
@@ -71,8 +74,9 @@ pub struct KeywordIndex {
 
 fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
-    let chunk_id = b.add_u64_field("chunk_id", INDEXED | STORED | FAST);
+    let chunk_id = b.add_text_field("chunk_id", STRING | STORED);
     let doc_id = b.add_text_field("doc_id", STRING | STORED);
+    let version = b.add_text_field("version", STRING | STORED);
     let ids = b.add_text_field(
         "ids",
         TextOptions::default().set_indexing_options(
@@ -86,6 +90,7 @@ fn schema() -> (Schema, Fields) {
         Fields {
             chunk_id,
             doc_id,
+            version,
             ids,
         },
     )
@@ -147,24 +152,77 @@ impl KeywordIndex {
     /// Adds or replaces chunks (by chunk id) and commits: when this returns,
     /// the batch is durable and searchable.
     pub fn upsert(&self, chunks: &[KeywordChunk<'_>]) -> Result<(), KeywordError> {
+        self.apply(&[], &[], chunks)
+    }
+
+    /// In one commit: removes every chunk of the documents `delete_docs` and
+    /// the chunks `delete_chunks`, then adds or replaces `chunks`. When this
+    /// returns the change is durable and searchable; if it fails, none of it
+    /// is.
+    pub fn apply(
+        &self,
+        delete_docs: &[&str],
+        delete_chunks: &[&str],
+        chunks: &[KeywordChunk<'_>],
+    ) -> Result<(), KeywordError> {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let f = self.fields;
+        // A delete applies to documents added before it, so deletes go first.
+        for doc in delete_docs {
+            writer.delete_term(Term::from_field_text(f.doc_id, doc));
+        }
+        for chunk in delete_chunks {
+            writer.delete_term(Term::from_field_text(f.chunk_id, chunk));
+        }
         for c in chunks {
-            writer.delete_term(Term::from_field_u64(f.chunk_id, c.chunk_id));
-            writer.add_document(doc!(
+            writer.delete_term(Term::from_field_text(f.chunk_id, c.chunk_id));
+        }
+        for c in chunks {
+            let added = writer.add_document(doc!(
                 f.chunk_id => c.chunk_id,
                 f.doc_id => c.doc_id,
+                f.version => c.version,
                 f.ids => as_terms(c.ids.ids()),
-            ))?;
+            ));
+            if let Err(e) = added {
+                let _ = writer.rollback();
+                return Err(e.into());
+            }
         }
         self.commit(&mut writer)
     }
 
+    /// Every indexed chunk as `(chunk id, version)`, to reconcile the index
+    /// with the vector store it is derived from.
+    pub fn entries(&self) -> Result<Vec<(String, String)>, KeywordError> {
+        let searcher = self.reader.searcher();
+        let mut out = Vec::with_capacity(searcher.num_docs() as usize);
+        for segment in searcher.segment_readers() {
+            let store = segment
+                .get_store_reader(64)
+                .map_err(tantivy::TantivyError::from)?;
+            let alive = segment.alive_bitset();
+            for doc in 0..segment.max_doc() {
+                if alive.is_some_and(|a| !a.is_alive(doc)) {
+                    continue;
+                }
+                let stored: TantivyDocument = store.get(doc)?;
+                let text = |field| {
+                    stored
+                        .get_first(field)
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned)
+                        .unwrap_or_default()
+                };
+                out.push((text(self.fields.chunk_id), text(self.fields.version)));
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes every chunk of a document and commits.
     pub fn delete_document(&self, doc_id: &str) -> Result<(), KeywordError> {
-        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        writer.delete_term(Term::from_field_text(self.fields.doc_id, doc_id));
-        self.commit(&mut writer)
+        self.apply(&[doc_id], &[], &[])
     }
 
     fn commit(&self, writer: &mut IndexWriter) -> Result<(), KeywordError> {
@@ -220,7 +278,8 @@ impl KeywordIndex {
                 let doc: TantivyDocument = searcher.doc(addr)?;
                 let chunk_id = doc
                     .get_first(self.fields.chunk_id)
-                    .and_then(|v| v.as_u64())
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
                     .ok_or_else(|| {
                         tantivy::TantivyError::InternalError("chunk without chunk_id".into())
                     })?;
@@ -231,7 +290,7 @@ impl KeywordIndex {
         hits.sort_by(|a, b| {
             b.score
                 .total_cmp(&a.score)
-                .then(a.chunk_id.cmp(&b.chunk_id))
+                .then_with(|| a.chunk_id.cmp(&b.chunk_id))
         });
         Ok(hits)
     }
@@ -242,22 +301,15 @@ impl KeywordIndex {
     }
 }
 
-/// Checks two rankings of the same query in two id spaces agree: same length,
-/// scores equal to float rounding at every position, and the same chunk
-/// wherever that chunk's score is not (to rounding) tied with a neighbour's.
-/// Panics with the first difference; for tests.
+/// Checks two keyword rankings of the same query in two id spaces agree (see
+/// [`crate::ranking::compare_rankings`]). Panics with the first difference;
+/// for tests.
 pub fn assert_same_ranking(p: &[KeywordHit], e: &[KeywordHit]) {
-    assert_eq!(p.len(), e.len(), "different numbers of hits");
-    let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 * a.abs().max(b.abs());
-    for (i, (a, b)) in p.iter().zip(e).enumerate() {
-        assert!(close(a.score, b.score), "position {i}: {a:?} vs {b:?}");
-        if a.chunk_id != b.chunk_id {
-            let tied = |j: usize| p.get(j).is_some_and(|n| close(n.score, a.score));
-            assert!(
-                (i > 0 && tied(i - 1)) || tied(i + 1),
-                "position {i}: {a:?} vs {b:?}, and no tie explains the swap"
-            );
-        }
+    let as_pairs = |hits: &[KeywordHit]| -> Vec<(String, f32)> {
+        hits.iter().map(|h| (h.chunk_id.clone(), h.score)).collect()
+    };
+    if let Err(e) = crate::ranking::compare_rankings(&as_pairs(p), &as_pairs(e), 1e-6) {
+        panic!("{e}");
     }
 }
 
@@ -290,12 +342,14 @@ mod tests {
 
     fn build(index: &KeywordIndex, chunks: &[EncEncoderIds]) {
         let docs: Vec<String> = (0..chunks.len()).map(|i| format!("doc{}", i / 3)).collect();
+        let chunk_ids: Vec<String> = (0..chunks.len()).map(|i| format!("c{i:04}")).collect();
         let batch: Vec<KeywordChunk> = chunks
             .iter()
             .enumerate()
             .map(|(i, ids)| KeywordChunk {
-                chunk_id: i as u64,
+                chunk_id: &chunk_ids[i],
                 doc_id: &docs[i],
+                version: "v1",
                 ids,
             })
             .collect();
@@ -349,13 +403,15 @@ mod tests {
             index
                 .upsert(&[
                     KeywordChunk {
-                        chunk_id: 1,
+                        chunk_id: "c1",
                         doc_id: "d1",
+                        version: "v1",
                         ids: &a,
                     },
                     KeywordChunk {
-                        chunk_id: 2,
+                        chunk_id: "c2",
                         doc_id: "d2",
+                        version: "v1",
                         ids: &b,
                     },
                 ])
@@ -363,18 +419,28 @@ mod tests {
             // Same chunk id again: replaced, not duplicated.
             index
                 .upsert(&[KeywordChunk {
-                    chunk_id: 1,
+                    chunk_id: "c1",
                     doc_id: "d1",
+                    version: "v2",
                     ids: &a,
                 }])
                 .unwrap();
             assert_eq!(index.len(), 2);
+            let mut entries = index.entries().unwrap();
+            entries.sort();
+            assert_eq!(
+                entries,
+                vec![("c1".into(), "v2".into()), ("c2".into(), "v1".into())]
+            );
         }
         // Reopened (the tokenizer must be registered again for search to work).
         let index = KeywordIndex::open_or_create(dir.path()).unwrap();
         assert_eq!(index.len(), 2);
         let hits = index.search(&EncEncoderIds::new(key, vec![9]), 5).unwrap();
-        assert_eq!(hits.iter().map(|h| h.chunk_id).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            hits.iter().map(|h| h.chunk_id.as_str()).collect::<Vec<_>>(),
+            vec!["c2"]
+        );
         index.delete_document("d2").unwrap();
         assert_eq!(index.len(), 1);
         assert!(index

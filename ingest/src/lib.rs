@@ -1,9 +1,10 @@
-//! Reading and chunking files (client side), the host ingest pipeline and the
-//! batch re-indexing jobs.
-//!
-//! So far: the keyword index ([`keyword`]). The vector store (qdrant-edge) is
-//! a dependency already so the whole tree is proven to build.
+//! Host-side storage of encrypted chunks (vector store + keyword index behind
+//! one trait), and, on the client side, reading and chunking files.
 
+pub mod edge_store;
 pub mod keyword;
+pub mod ranking;
+pub mod store;
 
-pub use qdrant_edge;
+pub use edge_store::EdgeStore;
+pub use store::{Collection, Store, StoreError};

@@ -85,6 +85,8 @@ mod label {
     pub const ROTATION: &str = "eerag/v1/embedding-rotation";
     pub const METADATA_AEAD: &str = "eerag/v1/metadata-aead";
     pub const KEY_ID: &str = "eerag/v1/key-id";
+    /// Hashed into the fixed id of [`super::Key::identity`].
+    pub const IDENTITY_KEY_ID: &str = "eerag/v1/identity-key";
 }
 
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
@@ -101,6 +103,9 @@ pub struct Key {
     master_secret: [u8; 32],
     #[zeroize(skip)]
     created_unix_secs: u64,
+    /// The plaintext baseline (see [`Key::identity`]).
+    #[zeroize(skip)]
+    identity: bool,
 }
 
 impl std::fmt::Debug for Key {
@@ -122,7 +127,25 @@ impl Key {
         Ok(Self {
             master_secret,
             created_unix_secs,
+            identity: false,
         })
+    }
+
+    /// The plaintext baseline: every permutation is the identity and `R = I`,
+    /// so the same pipeline runs on plaintext ids and vectors. It has a fixed
+    /// public id and cannot be saved. For equivalence tests and evaluation
+    /// only: it protects nothing.
+    pub fn identity() -> Self {
+        Self {
+            master_secret: [0; 32],
+            created_unix_secs: 0,
+            identity: true,
+        }
+    }
+
+    /// Whether this is the [`Key::identity`] plaintext baseline.
+    pub fn is_identity(&self) -> bool {
+        self.identity
     }
 
     /// A key from a known secret: for tests and reproducible benchmarks only.
@@ -130,6 +153,7 @@ impl Key {
         Self {
             master_secret,
             created_unix_secs: 0,
+            identity: false,
         }
     }
 
@@ -155,7 +179,11 @@ impl Key {
 
     /// The public key id: HKDF output under its own label, hashed once more.
     pub fn id(&self) -> KeyId {
-        let digest = Sha256::digest(self.derive(label::KEY_ID));
+        let digest = if self.identity {
+            Sha256::digest(label::IDENTITY_KEY_ID)
+        } else {
+            Sha256::digest(self.derive(label::KEY_ID))
+        };
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest[..16]);
         KeyId(id)
@@ -163,18 +191,27 @@ impl Key {
 
     /// `π_enc` for an encoder vocabulary of `vocab_size` ids.
     pub fn encoder_permutation(&self, vocab_size: usize) -> Permutation {
+        if self.identity {
+            return Permutation::identity(vocab_size, "encoder");
+        }
         let mut rng = self.stream(&format!("{}/{vocab_size}", label::ENCODER_VOCAB));
         Permutation::fisher_yates(vocab_size, &mut rng, "encoder")
     }
 
     /// `π_gen` for a generator vocabulary of `vocab_size` ids.
     pub fn generator_permutation(&self, vocab_size: usize) -> Permutation {
+        if self.identity {
+            return Permutation::identity(vocab_size, "generator");
+        }
         let mut rng = self.stream(&format!("{}/{vocab_size}", label::GENERATOR_VOCAB));
         Permutation::fisher_yates(vocab_size, &mut rng, "generator")
     }
 
     /// The orthogonal rotation `R` of a `dim`-dimensional embedding space.
     pub fn rotation(&self, dim: usize) -> Rotation {
+        if self.identity {
+            return Rotation::identity(dim);
+        }
         let mut rng = self.stream(&format!("{}/{dim}", label::ROTATION));
         Rotation::random(dim, &mut rng)
     }
@@ -243,6 +280,7 @@ impl Key {
         Ok(Self {
             master_secret: body.master_secret,
             created_unix_secs: body.created_unix_secs,
+            identity: false,
         })
     }
 
@@ -254,6 +292,11 @@ impl Key {
     /// rename when replacing), so a crash never leaves a half-written key where
     /// a good one was or was expected.
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<()> {
+        if self.identity {
+            return Err(EeError::InvalidArgument(
+                "the identity (plaintext) key cannot be saved".into(),
+            ));
+        }
         if !overwrite && path.exists() {
             return Err(EeError::KeyExists {
                 path: path.to_path_buf(),

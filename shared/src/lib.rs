@@ -19,6 +19,7 @@ pub mod sampling;
 pub mod side_by_side;
 pub mod tokenize;
 pub mod transform;
+pub mod wire;
 
 pub use error::{EeError, Result};
 pub use ids::{EncEncoderIds, EncGeneratorIds};

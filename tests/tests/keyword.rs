@@ -7,12 +7,14 @@ use eerag_tests::{fixture, texts};
 
 fn index(chunks: &[EncEncoderIds]) -> KeywordIndex {
     let index = KeywordIndex::in_memory().unwrap();
+    let chunk_ids: Vec<String> = (0..chunks.len()).map(|i| format!("c{i:04}")).collect();
     let batch: Vec<KeywordChunk> = chunks
         .iter()
         .enumerate()
         .map(|(i, ids)| KeywordChunk {
-            chunk_id: i as u64,
+            chunk_id: &chunk_ids[i],
             doc_id: "d",
+            version: "v1",
             ids,
         })
         .collect();

@@ -1,0 +1,872 @@
+//! The embedded default store: per collection, one qdrant-edge shard (the
+//! source of truth: vectors and payloads) and one tantivy index (BM25 over the
+//! encrypted encoder ids, derived from the shard).
+//!
+//! Layout under the data directory:
+//! ```text
+//! collections/<name>/collection.json   name, key id, dimension
+//! collections/<name>/vectors/          qdrant-edge shard (WAL + segments)
+//! collections/<name>/keyword/          tantivy index
+//! .trash/                              collections being deleted
+//! ```
+//!
+//! Durability: a document is one `SyncPoints` operation on its id range (one
+//! WAL record, so it is applied whole or not at all after a crash), the shard
+//! is flushed, then the keyword index commits. A crash between the two leaves
+//! the keyword index behind the shard; [`EdgeStore::open`] reconciles it.
+//! A per-collection lock keeps readers from seeing a document half written.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use eerag_shared::{EncEncoderIds, EncGeneratorIds, KeyId};
+use qdrant_edge::{
+    Condition, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, FieldCondition,
+    Filter, JsonPath, Match, Payload, PayloadFieldSchema, PayloadSchemaType, PointId,
+    PointOperations, PointStructPersisted, PointSyncOperation, QueryEnum, QueryRequestBuilder,
+    Record, RetrieveRequestBuilder, ScoringQuery, ScrollRequestBuilder, SearchParams,
+    UpdateOperation, VectorInternal, VectorPersisted, VectorStructPersisted, WithPayloadInterface,
+};
+use serde_json::{json, Map, Value};
+
+use crate::keyword::{KeywordChunk, KeywordIndex};
+use crate::store::{
+    sort_hits, validate_collection_name, ChunkId, ChunkRecord, Collection, CollectionMeta,
+    DocumentInfo, NewDocument, Result, ScoredChunk, Store, StoreError,
+};
+
+const COLLECTIONS_DIR: &str = "collections";
+const TRASH_DIR: &str = ".trash";
+const META_FILE: &str = "collection.json";
+const VECTORS_DIR: &str = "vectors";
+const KEYWORD_DIR: &str = "keyword";
+/// Name of the dense vector in the shard.
+const DENSE: &str = "dense";
+/// Points read per page when scanning a whole collection.
+const SCAN_PAGE: usize = 1024;
+
+mod field {
+    pub const DOC_ID: &str = "doc_id";
+    pub const INDEX: &str = "chunk_index";
+    pub const COUNT: &str = "chunk_count";
+    pub const CONTENT_HASH: &str = "content_hash";
+    pub const ENCODER_IDS: &str = "encoder_ids";
+    pub const GENERATOR_IDS: &str = "generator_ids";
+    pub const METADATA: &str = "metadata";
+}
+
+fn vector_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Vector(e.to_string())
+}
+
+fn path(key: &str) -> JsonPath {
+    key.parse().expect("field names are valid JSON paths")
+}
+
+/// The embedded store: a directory of collections.
+pub struct EdgeStore {
+    root: PathBuf,
+    collections: RwLock<HashMap<String, Arc<EdgeCollection>>>,
+}
+
+/// What [`EdgeStore::open`] had to repair.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Chunks the keyword index was missing (or had stale) and re-indexed.
+    pub keyword_reindexed: usize,
+    /// Chunks the keyword index had that the vector store does not.
+    pub keyword_removed: usize,
+    /// Half-created or half-deleted collections cleaned up.
+    pub leftovers_removed: usize,
+}
+
+impl EdgeStore {
+    /// Opens (or creates) the store in `root`, loads every collection, replays
+    /// the shards' write-ahead logs and catches the keyword indexes up.
+    pub fn open(root: &Path) -> Result<(Self, Recovery)> {
+        let collections_dir = root.join(COLLECTIONS_DIR);
+        std::fs::create_dir_all(&collections_dir)
+            .map_err(|e| StoreError::io(&collections_dir, e))?;
+        let mut recovery = Recovery::default();
+        let trash = root.join(TRASH_DIR);
+        if trash.exists() {
+            std::fs::remove_dir_all(&trash).map_err(|e| StoreError::io(&trash, e))?;
+            recovery.leftovers_removed += 1;
+        }
+        let mut collections = HashMap::new();
+        let entries =
+            std::fs::read_dir(&collections_dir).map_err(|e| StoreError::io(&collections_dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(&collections_dir, e))?;
+            let dir = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                // A creation that never reached its final rename.
+                std::fs::remove_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+                recovery.leftovers_removed += 1;
+                continue;
+            }
+            let collection = EdgeCollection::load(&dir)?;
+            let (added, removed) = collection.reconcile_keyword()?;
+            recovery.keyword_reindexed += added;
+            recovery.keyword_removed += removed;
+            collections.insert(collection.meta.name.clone(), Arc::new(collection));
+        }
+        Ok((
+            Self {
+                root: root.to_path_buf(),
+                collections: RwLock::new(collections),
+            },
+            recovery,
+        ))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<EdgeCollection>>> {
+        self.collections.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<EdgeCollection>>> {
+        self.collections.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for EdgeStore {
+    fn create_collection(
+        &self,
+        name: &str,
+        key_id: KeyId,
+        dim: usize,
+    ) -> Result<Arc<dyn Collection>> {
+        validate_collection_name(name)?;
+        let mut map = self.write();
+        if map.contains_key(name) {
+            return Err(StoreError::CollectionExists(name.into()));
+        }
+        let meta = CollectionMeta {
+            name: name.into(),
+            key_id,
+            dim,
+            created_unix_secs: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        // Built under a hidden name and renamed: a crash leaves either no
+        // collection or a complete empty one.
+        let collections_dir = self.root.join(COLLECTIONS_DIR);
+        let staging = collections_dir.join(format!(".{name}.creating"));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))?;
+        }
+        EdgeCollection::create(&staging, &meta)?;
+        let dir = collections_dir.join(name);
+        std::fs::rename(&staging, &dir).map_err(|e| StoreError::io(&dir, e))?;
+        sync_dir(&collections_dir)?;
+        let collection = Arc::new(EdgeCollection::load(&dir)?);
+        map.insert(name.into(), collection.clone());
+        Ok(collection)
+    }
+
+    fn collection(&self, name: &str) -> Result<Arc<dyn Collection>> {
+        self.read()
+            .get(name)
+            .cloned()
+            .map(|c| c as Arc<dyn Collection>)
+            .ok_or_else(|| StoreError::CollectionNotFound(name.chars().take(80).collect()))
+    }
+
+    fn collections(&self) -> Result<Vec<Arc<dyn Collection>>> {
+        let map = self.read();
+        let mut names: Vec<&String> = map.keys().collect();
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|n| map[n].clone() as Arc<dyn Collection>)
+            .collect())
+    }
+
+    fn delete_collection(&self, name: &str) -> Result<()> {
+        let mut map = self.write();
+        let collection = map
+            .remove(name)
+            .ok_or_else(|| StoreError::CollectionNotFound(name.chars().take(80).collect()))?;
+        // Wait for in-flight writes, then move the directory out of sight in
+        // one rename before deleting it: a crash never leaves half of it.
+        let _writes = collection.lock.write().unwrap_or_else(|p| p.into_inner());
+        let trash = self.root.join(TRASH_DIR);
+        std::fs::create_dir_all(&trash).map_err(|e| StoreError::io(&trash, e))?;
+        let doomed = trash.join(format!("{name}-{}", uuid::Uuid::new_v4()));
+        std::fs::rename(&collection.dir, &doomed).map_err(|e| StoreError::io(&doomed, e))?;
+        sync_dir(&self.root.join(COLLECTIONS_DIR))?;
+        drop(_writes);
+        drop(collection);
+        std::fs::remove_dir_all(&doomed).map_err(|e| StoreError::io(&doomed, e))
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::io(dir, e))
+}
+
+/// One collection of the embedded store.
+pub struct EdgeCollection {
+    dir: PathBuf,
+    meta: CollectionMeta,
+    shard: EdgeShard,
+    keyword: KeywordIndex,
+    /// Writers hold it exclusively while a batch goes into both indexes;
+    /// readers share it, so they never see a batch half applied.
+    lock: RwLock<()>,
+}
+
+impl EdgeCollection {
+    fn create(dir: &Path, meta: &CollectionMeta) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        let config = EdgeConfigBuilder::new()
+            .vector(
+                DENSE,
+                EdgeVectorParamsBuilder::new(meta.dim, Distance::Cosine).build(),
+            )
+            .build();
+        let shard = EdgeShard::new(&dir.join(VECTORS_DIR), config).map_err(vector_err)?;
+        for (name, kind) in [
+            (field::DOC_ID, PayloadSchemaType::Keyword),
+            (field::INDEX, PayloadSchemaType::Integer),
+        ] {
+            shard
+                .update(UpdateOperation::FieldIndexOperation(
+                    qdrant_edge::FieldIndexOperations::CreateIndex(qdrant_edge::CreateIndex {
+                        field_name: path(name),
+                        field_schema: Some(PayloadFieldSchema::FieldType(kind)),
+                    }),
+                ))
+                .map_err(vector_err)?;
+        }
+        shard.flush().map_err(vector_err)?;
+        drop(shard);
+        KeywordIndex::open_or_create(&dir.join(KEYWORD_DIR))?;
+        let meta_path = dir.join(META_FILE);
+        let text = serde_json::to_vec_pretty(meta).expect("metadata serialises");
+        write_synced(&meta_path, &text)
+    }
+
+    fn load(dir: &Path) -> Result<Self> {
+        let meta_path = dir.join(META_FILE);
+        let text = std::fs::read(&meta_path).map_err(|e| StoreError::io(&meta_path, e))?;
+        let meta: CollectionMeta = serde_json::from_slice(&text)
+            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", meta_path.display())))?;
+        let shard = EdgeShard::load(&dir.join(VECTORS_DIR), None).map_err(vector_err)?;
+        let keyword = KeywordIndex::open_or_create(&dir.join(KEYWORD_DIR))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            meta,
+            shard,
+            keyword,
+            lock: RwLock::new(()),
+        })
+    }
+
+    fn read_lock(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.lock.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.lock.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Brings the keyword index to exactly the shard's `(chunk, version)`
+    /// set. Returns (re-indexed, removed).
+    fn reconcile_keyword(&self) -> Result<(usize, usize)> {
+        let _guard = self.write_lock();
+        let mut stored: HashMap<String, String> = HashMap::new();
+        self.scan(None, &[field::CONTENT_HASH], |record| {
+            let hash = str_field(record, field::CONTENT_HASH)?;
+            stored.insert(point_to_chunk(&record.id)?.to_string(), hash);
+            Ok(())
+        })?;
+        let indexed: HashMap<String, String> = self.keyword.entries()?.into_iter().collect();
+        let missing: Vec<ChunkId> = stored
+            .iter()
+            .filter(|(id, hash)| indexed.get(*id) != Some(*hash))
+            .map(|(id, _)| id.parse())
+            .collect::<Result<_>>()?;
+        let extra: Vec<&str> = indexed
+            .keys()
+            .filter(|id| !stored.contains_key(*id))
+            .map(String::as_str)
+            .collect();
+        if missing.is_empty() && extra.is_empty() {
+            return Ok((0, 0));
+        }
+        let mut records = Vec::with_capacity(missing.len());
+        for batch in missing.chunks(SCAN_PAGE) {
+            records.extend(self.retrieve(batch)?);
+        }
+        let ids: Vec<String> = records.iter().map(|r| r.chunk_id.to_string()).collect();
+        let chunks: Vec<KeywordChunk> = records
+            .iter()
+            .zip(&ids)
+            .map(|(r, id)| KeywordChunk {
+                chunk_id: id,
+                doc_id: &r.doc_id,
+                version: &r.content_hash,
+                ids: &r.encoder_ids,
+            })
+            .collect();
+        self.keyword.apply(&[], &extra, &chunks)?;
+        Ok((chunks.len(), extra.len()))
+    }
+
+    /// Calls `visit` for every point matching `filter`, reading `fields`.
+    fn scan(
+        &self,
+        filter: Option<Filter>,
+        fields: &[&str],
+        mut visit: impl FnMut(&Record) -> Result<()>,
+    ) -> Result<()> {
+        let mut offset: Option<PointId> = None;
+        loop {
+            let mut request = ScrollRequestBuilder::new().limit(SCAN_PAGE).with_payload(
+                WithPayloadInterface::Fields(fields.iter().map(|f| path(f)).collect()),
+            );
+            if let Some(f) = &filter {
+                request = request.filter(f.clone());
+            }
+            if let Some(o) = offset {
+                request = request.offset(o);
+            }
+            let (records, next) = self.shard.scroll(request.build()).map_err(vector_err)?;
+            for record in &records {
+                visit(record)?;
+            }
+            match next {
+                Some(n) => offset = Some(n),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn retrieve(&self, ids: &[ChunkId]) -> Result<Vec<ChunkRecord>> {
+        let points: Vec<PointId> = ids.iter().map(|id| PointId::Uuid(id.uuid())).collect();
+        let records = self
+            .shard
+            .retrieve(
+                RetrieveRequestBuilder::new(points)
+                    .with_payload(WithPayloadInterface::Bool(true))
+                    .build(),
+            )
+            .map_err(vector_err)?;
+        let mut by_id: HashMap<ChunkId, ChunkRecord> = HashMap::with_capacity(records.len());
+        for record in &records {
+            let chunk = self.to_chunk(record)?;
+            by_id.insert(chunk.chunk_id, chunk);
+        }
+        Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+    }
+
+    fn to_chunk(&self, record: &Record) -> Result<ChunkRecord> {
+        let payload = record
+            .payload
+            .as_ref()
+            .ok_or_else(|| StoreError::Corrupt("point without payload".into()))?;
+        let metadata = base64_decode(&str_field(record, field::METADATA)?)?;
+        Ok(ChunkRecord {
+            chunk_id: point_to_chunk(&record.id)?,
+            doc_id: str_field(record, field::DOC_ID)?,
+            index: int_field(&payload.0, field::INDEX)? as u32,
+            content_hash: str_field(record, field::CONTENT_HASH)?,
+            encoder_ids: EncEncoderIds::new(
+                self.meta.key_id,
+                ids_field(&payload.0, field::ENCODER_IDS)?,
+            ),
+            generator_ids: EncGeneratorIds::new(
+                self.meta.key_id,
+                ids_field(&payload.0, field::GENERATOR_IDS)?,
+            ),
+            metadata,
+        })
+    }
+
+    fn doc_filter(doc_id: &str) -> Filter {
+        Filter::new_must(Condition::Field(FieldCondition::new_match(
+            path(field::DOC_ID),
+            Match::from(doc_id.to_string()),
+        )))
+    }
+
+    fn first_chunks_filter() -> Filter {
+        Filter::new_must(Condition::Field(FieldCondition::new_match(
+            path(field::INDEX),
+            Match::from(0i64),
+        )))
+    }
+
+    fn info_from(record: &Record) -> Result<DocumentInfo> {
+        let payload = record
+            .payload
+            .as_ref()
+            .ok_or_else(|| StoreError::Corrupt("point without payload".into()))?;
+        Ok(DocumentInfo {
+            doc_id: str_field(record, field::DOC_ID)?,
+            content_hash: str_field(record, field::CONTENT_HASH)?,
+            chunks: int_field(&payload.0, field::COUNT)? as usize,
+        })
+    }
+}
+
+impl Collection for EdgeCollection {
+    fn meta(&self) -> &CollectionMeta {
+        &self.meta
+    }
+
+    fn count(&self) -> Result<u64> {
+        let _guard = self.read_lock();
+        let n = self
+            .shard
+            .count(qdrant_edge::CountRequestBuilder::new().exact(true).build())
+            .map_err(vector_err)?;
+        Ok(n as u64)
+    }
+
+    fn document(&self, doc_id: &str) -> Result<Option<DocumentInfo>> {
+        let _guard = self.read_lock();
+        let first = ChunkId::new(doc_id, 0);
+        let records = self
+            .shard
+            .retrieve(
+                RetrieveRequestBuilder::new(vec![PointId::Uuid(first.uuid())])
+                    .with_payload(WithPayloadInterface::Fields(vec![
+                        path(field::DOC_ID),
+                        path(field::CONTENT_HASH),
+                        path(field::COUNT),
+                    ]))
+                    .build(),
+            )
+            .map_err(vector_err)?;
+        records.first().map(Self::info_from).transpose()
+    }
+
+    fn put_documents(&self, docs: &[NewDocument]) -> Result<()> {
+        let mut operations = Vec::with_capacity(docs.len());
+        for doc in docs {
+            let count = doc.chunks.len();
+            let (first, end) = ChunkId::document_range(&doc.doc_id);
+            let mut points = Vec::with_capacity(count);
+            for (index, chunk) in doc.chunks.iter().enumerate() {
+                if chunk.vector.len() != self.meta.dim {
+                    return Err(StoreError::Vector(format!(
+                        "vector of {} dimensions for a {}-dimensional collection",
+                        chunk.vector.len(),
+                        self.meta.dim
+                    )));
+                }
+                let payload = json!({
+                    field::DOC_ID: doc.doc_id,
+                    field::INDEX: index,
+                    field::COUNT: count,
+                    field::CONTENT_HASH: doc.content_hash,
+                    field::ENCODER_IDS: chunk.encoder_ids.ids(),
+                    field::GENERATOR_IDS: chunk.generator_ids.ids(),
+                    field::METADATA: base64_encode(&chunk.metadata),
+                });
+                let Value::Object(map) = payload else {
+                    unreachable!("json! object literal")
+                };
+                points.push(PointStructPersisted {
+                    id: PointId::Uuid(ChunkId::new(&doc.doc_id, index as u32).uuid()),
+                    vector: VectorStructPersisted::Named(HashMap::from([(
+                        DENSE.to_string(),
+                        VectorPersisted::Dense(chunk.vector.clone()),
+                    )])),
+                    payload: Some(Payload(map)),
+                });
+            }
+            // One record per document: replaces the whole id range, so stale
+            // chunks of an older, longer version go in the same step.
+            operations.push(UpdateOperation::PointOperation(
+                PointOperations::SyncPoints(PointSyncOperation {
+                    from_id: Some(PointId::Uuid(first.uuid())),
+                    to_id: Some(PointId::Uuid(end.uuid())),
+                    points,
+                }),
+            ));
+        }
+        let chunk_ids: Vec<Vec<String>> = docs
+            .iter()
+            .map(|d| {
+                (0..d.chunks.len())
+                    .map(|i| ChunkId::new(&d.doc_id, i as u32).to_string())
+                    .collect()
+            })
+            .collect();
+        let mut keyword_chunks = Vec::new();
+        for (doc, ids) in docs.iter().zip(&chunk_ids) {
+            for (chunk, id) in doc.chunks.iter().zip(ids) {
+                keyword_chunks.push(KeywordChunk {
+                    chunk_id: id,
+                    doc_id: &doc.doc_id,
+                    version: &doc.content_hash,
+                    ids: &chunk.encoder_ids,
+                });
+            }
+        }
+        let doc_ids: Vec<&str> = docs.iter().map(|d| d.doc_id.as_str()).collect();
+
+        let _guard = self.write_lock();
+        for op in operations {
+            self.shard.update(op).map_err(vector_err)?;
+        }
+        self.shard.flush().map_err(vector_err)?;
+        self.keyword.apply(&doc_ids, &[], &keyword_chunks)?;
+        Ok(())
+    }
+
+    fn delete_document(&self, doc_id: &str) -> Result<usize> {
+        let (first, end) = ChunkId::document_range(doc_id);
+        let _guard = self.write_lock();
+        let count = self
+            .shard
+            .count(
+                qdrant_edge::CountRequestBuilder::new()
+                    .filter(Self::doc_filter(doc_id))
+                    .exact(true)
+                    .build(),
+            )
+            .map_err(vector_err)?;
+        if count == 0 {
+            return Ok(0);
+        }
+        self.shard
+            .update(UpdateOperation::PointOperation(
+                PointOperations::SyncPoints(PointSyncOperation {
+                    from_id: Some(PointId::Uuid(first.uuid())),
+                    to_id: Some(PointId::Uuid(end.uuid())),
+                    points: Vec::new(),
+                }),
+            ))
+            .map_err(vector_err)?;
+        self.shard.flush().map_err(vector_err)?;
+        self.keyword.delete_document(doc_id)?;
+        Ok(count)
+    }
+
+    fn document_chunks(&self, doc_id: &str) -> Result<Vec<ChunkRecord>> {
+        let _guard = self.read_lock();
+        let mut chunks = Vec::new();
+        let mut offset: Option<PointId> = None;
+        loop {
+            let mut request = ScrollRequestBuilder::new()
+                .limit(SCAN_PAGE)
+                .filter(Self::doc_filter(doc_id))
+                .with_payload(WithPayloadInterface::Bool(true));
+            if let Some(o) = offset {
+                request = request.offset(o);
+            }
+            let (records, next) = self.shard.scroll(request.build()).map_err(vector_err)?;
+            for record in &records {
+                chunks.push(self.to_chunk(record)?);
+            }
+            match next {
+                Some(n) => offset = Some(n),
+                None => break,
+            }
+        }
+        chunks.sort_by_key(|c| c.index);
+        Ok(chunks)
+    }
+
+    fn documents(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<DocumentInfo>, Option<String>)> {
+        let _guard = self.read_lock();
+        let mut request = ScrollRequestBuilder::new()
+            .limit(limit.max(1))
+            .filter(Self::first_chunks_filter())
+            .with_payload(WithPayloadInterface::Fields(vec![
+                path(field::DOC_ID),
+                path(field::CONTENT_HASH),
+                path(field::COUNT),
+            ]));
+        if let Some(cursor) = after {
+            let id: ChunkId = cursor.parse().map_err(|_| {
+                StoreError::Corrupt("the page cursor is not one this server returned".into())
+            })?;
+            request = request.offset(PointId::Uuid(id.uuid()));
+        }
+        let (records, next) = self.shard.scroll(request.build()).map_err(vector_err)?;
+        let docs = records
+            .iter()
+            .map(Self::info_from)
+            .collect::<Result<Vec<_>>>()?;
+        let next = next.map(|id| point_to_chunk(&id)).transpose()?;
+        Ok((docs, next.map(|c| c.to_string())))
+    }
+
+    fn dense_search(&self, vector: &[f32], k: usize) -> Result<Vec<ScoredChunk>> {
+        if vector.len() != self.meta.dim {
+            return Err(StoreError::Vector(format!(
+                "query vector of {} dimensions for a {}-dimensional collection",
+                vector.len(),
+                self.meta.dim
+            )));
+        }
+        let _guard = self.read_lock();
+        let request = QueryRequestBuilder::new(k)
+            .query(ScoringQuery::Vector(QueryEnum::Nearest(
+                qdrant_edge::NamedQuery::new(VectorInternal::from(vector.to_vec()), DENSE),
+            )))
+            // Exact search: the same ranking in every id space and key.
+            .params(SearchParams {
+                exact: true,
+                ..Default::default()
+            })
+            .with_payload(WithPayloadInterface::Bool(false))
+            .build();
+        let points = self.shard.query(request).map_err(vector_err)?;
+        let mut hits = points
+            .iter()
+            .map(|p| {
+                Ok(ScoredChunk {
+                    chunk_id: point_to_chunk(&p.id)?,
+                    score: p.score,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        sort_hits(&mut hits);
+        Ok(hits)
+    }
+
+    fn keyword_search(&self, query: &EncEncoderIds, k: usize) -> Result<Vec<ScoredChunk>> {
+        let _guard = self.read_lock();
+        self.keyword
+            .search(query, k)?
+            .into_iter()
+            .map(|h| {
+                Ok(ScoredChunk {
+                    chunk_id: h.chunk_id.parse()?,
+                    score: h.score,
+                })
+            })
+            .collect()
+    }
+
+    fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkRecord>> {
+        let _guard = self.read_lock();
+        self.retrieve(ids)
+    }
+
+    fn optimize(&self) -> Result<()> {
+        self.shard.optimize().map_err(vector_err)?;
+        Ok(())
+    }
+}
+
+fn point_to_chunk(id: &PointId) -> Result<ChunkId> {
+    match id {
+        PointId::Uuid(u) => Ok(ChunkId::from_uuid(*u)),
+        PointId::NumId(_) => Err(StoreError::Corrupt("numeric point id".into())),
+    }
+}
+
+fn str_field(record: &Record, name: &str) -> Result<String> {
+    record
+        .payload
+        .as_ref()
+        .and_then(|p| p.0.get(name))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| StoreError::Corrupt(format!("point without {name}")))
+}
+
+fn int_field(map: &Map<String, Value>, name: &str) -> Result<u64> {
+    map.get(name)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| StoreError::Corrupt(format!("point without {name}")))
+}
+
+fn ids_field(map: &Map<String, Value>, name: &str) -> Result<Vec<u32>> {
+    let bad = || StoreError::Corrupt(format!("point with a malformed {name}"));
+    map.get(name)
+        .and_then(Value::as_array)
+        .ok_or_else(bad)?
+        .iter()
+        .map(|v| {
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(bad)
+        })
+        .collect()
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn base64_decode(text: &str) -> Result<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| StoreError::Corrupt("metadata is not base64".into()))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).map_err(|e| StoreError::io(path, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| StoreError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewChunk;
+
+    const DIM: usize = 4;
+
+    fn key() -> KeyId {
+        eerag_shared::Key::from_secret([3; 32]).id()
+    }
+
+    fn doc(doc_id: &str, hash: &str, chunks: &[(&[u32], [f32; DIM])]) -> NewDocument {
+        NewDocument {
+            doc_id: doc_id.into(),
+            content_hash: hash.into(),
+            chunks: chunks
+                .iter()
+                .map(|(ids, v)| NewChunk {
+                    encoder_ids: EncEncoderIds::new(key(), ids.to_vec()),
+                    generator_ids: EncGeneratorIds::new(
+                        key(),
+                        ids.iter().map(|i| i + 100).collect(),
+                    ),
+                    metadata: vec![ids[0] as u8, 0xff],
+                    vector: v.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn documents_replace_delete_search_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, recovery) = EdgeStore::open(dir.path()).unwrap();
+            assert_eq!(recovery, Recovery::default());
+            let c = store.create_collection("docs", key(), DIM).unwrap();
+            assert!(matches!(
+                store.create_collection("docs", key(), DIM),
+                Err(StoreError::CollectionExists(_))
+            ));
+            c.put_documents(&[
+                doc(
+                    "a",
+                    "h1",
+                    &[(&[1, 2, 3], [1., 0., 0., 0.]), (&[4, 5], [0., 1., 0., 0.])],
+                ),
+                doc("b", "h1", &[(&[5, 6, 7], [0., 0., 1., 0.])]),
+            ])
+            .unwrap();
+            assert_eq!(c.count().unwrap(), 3);
+            let info = c.document("a").unwrap().unwrap();
+            assert_eq!((info.content_hash.as_str(), info.chunks), ("h1", 2));
+            // A new, shorter version replaces every chunk of the old one.
+            c.put_documents(&[doc("a", "h2", &[(&[9, 9, 8], [0.9, 0.1, 0., 0.])])])
+                .unwrap();
+            assert_eq!(c.count().unwrap(), 2);
+            let chunks = c.document_chunks("a").unwrap();
+            assert_eq!(chunks.len(), 1);
+            assert_eq!(chunks[0].encoder_ids.ids(), &[9, 9, 8]);
+            assert_eq!(chunks[0].generator_ids.ids(), &[109, 109, 108]);
+            assert_eq!(chunks[0].metadata, vec![9, 0xff]);
+            assert_eq!(chunks[0].content_hash, "h2");
+            let dense = c.dense_search(&[1., 0., 0., 0.], 5).unwrap();
+            assert_eq!(dense.len(), 2);
+            assert_eq!(dense[0].chunk_id, ChunkId::new("a", 0));
+            let kw = c
+                .keyword_search(&EncEncoderIds::new(key(), vec![5]), 5)
+                .unwrap();
+            assert_eq!(
+                kw.iter().map(|h| h.chunk_id).collect::<Vec<_>>(),
+                vec![ChunkId::new("b", 0)]
+            );
+            // The old version's ids are gone from the keyword index too.
+            assert!(c
+                .keyword_search(&EncEncoderIds::new(key(), vec![1]), 5)
+                .unwrap()
+                .is_empty());
+            let (page, next) = c.documents(None, 10).unwrap();
+            assert_eq!(page.len(), 2);
+            assert!(next.is_none());
+            store.create_collection("other", key(), DIM).unwrap();
+            store.delete_collection("other").unwrap();
+            assert!(matches!(
+                store.collection("other"),
+                Err(StoreError::CollectionNotFound(_))
+            ));
+        }
+        let (store, _) = EdgeStore::open(dir.path()).unwrap();
+        let names: Vec<String> = store
+            .collections()
+            .unwrap()
+            .iter()
+            .map(|c| c.meta().name.clone())
+            .collect();
+        assert_eq!(names, vec!["docs"]);
+        let c = store.collection("docs").unwrap();
+        assert_eq!(c.count().unwrap(), 2);
+        assert_eq!(c.delete_document("b").unwrap(), 1);
+        assert_eq!(c.delete_document("b").unwrap(), 0);
+        assert!(c
+            .keyword_search(&EncEncoderIds::new(key(), vec![5]), 5)
+            .unwrap()
+            .is_empty());
+        assert_eq!(c.dense_search(&[0., 0., 1., 0.], 5).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_lagging_keyword_index_is_caught_up_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = EdgeStore::open(dir.path()).unwrap();
+            let c = store.create_collection("docs", key(), DIM).unwrap();
+            c.put_documents(&[
+                doc("a", "h1", &[(&[1, 2], [1., 0., 0., 0.])]),
+                doc("b", "h1", &[(&[3, 4], [0., 1., 0., 0.])]),
+            ])
+            .unwrap();
+        }
+        // As if the process died after the shard write but before the keyword
+        // commit of "b", and after a keyword write the shard never got.
+        {
+            let kw =
+                KeywordIndex::open_or_create(&dir.path().join("collections/docs/keyword")).unwrap();
+            kw.delete_document("b").unwrap();
+            let ghost = EncEncoderIds::new(key(), vec![7]);
+            kw.upsert(&[KeywordChunk {
+                chunk_id: &ChunkId::new("ghost", 0).to_string(),
+                doc_id: "ghost",
+                version: "h1",
+                ids: &ghost,
+            }])
+            .unwrap();
+        }
+        let (store, recovery) = EdgeStore::open(dir.path()).unwrap();
+        assert_eq!(recovery.keyword_reindexed, 1);
+        assert_eq!(recovery.keyword_removed, 1);
+        let c = store.collection("docs").unwrap();
+        let hits = c
+            .keyword_search(&EncEncoderIds::new(key(), vec![3, 7]), 5)
+            .unwrap();
+        assert_eq!(
+            hits.iter().map(|h| h.chunk_id).collect::<Vec<_>>(),
+            vec![ChunkId::new("b", 0)]
+        );
+    }
+}

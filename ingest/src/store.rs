@@ -1,0 +1,260 @@
+//! The host's chunk store: one trait, so the embedded default (qdrant-edge +
+//! tantivy, [`crate::edge_store`]) and a Qdrant server are interchangeable.
+//!
+//! A store holds only ciphertext: encrypted id sequences, rotated vectors,
+//! sealed metadata and opaque client-chosen ids and hashes.
+
+use std::sync::Arc;
+
+use eerag_shared::{EncEncoderIds, EncGeneratorIds, KeyId};
+use sha2::{Digest, Sha256};
+
+use crate::keyword::KeywordError;
+
+/// Errors of a store. Messages name collections and documents (opaque
+/// client-chosen ids) but never contain token ids or vectors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("collection {0:?} does not exist")]
+    CollectionNotFound(String),
+    #[error("collection {0:?} already exists")]
+    CollectionExists(String),
+    #[error("invalid collection name {0:?}: use 1 to 64 characters of A-Z a-z 0-9 _ -")]
+    InvalidName(String),
+    #[error("vector store: {0}")]
+    Vector(String),
+    #[error(transparent)]
+    Keyword(#[from] KeywordError),
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Result alias of the store.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A chunk's id: 96 bits of a hash of its document id, then its index. The
+/// chunks of one document are therefore one contiguous id range, which lets a
+/// store replace or delete a whole document in one atomic operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChunkId(uuid::Uuid);
+
+impl ChunkId {
+    /// The id of chunk `index` of document `doc_id`.
+    pub fn new(doc_id: &str, index: u32) -> Self {
+        let mut bytes = Self::prefix(doc_id);
+        bytes[12..].copy_from_slice(&index.to_be_bytes());
+        ChunkId(uuid::Uuid::from_bytes(bytes))
+    }
+
+    /// The half-open id range `[first, end)` holding every chunk of `doc_id`.
+    pub fn document_range(doc_id: &str) -> (ChunkId, ChunkId) {
+        let first = Self::new(doc_id, 0);
+        let mut end = Self::prefix(doc_id);
+        end[12..].copy_from_slice(&u32::MAX.to_be_bytes());
+        (first, ChunkId(uuid::Uuid::from_bytes(end)))
+    }
+
+    fn prefix(doc_id: &str) -> [u8; 16] {
+        let digest = Sha256::new()
+            .chain_update(b"eerag/v1/chunk-id\0")
+            .chain_update(doc_id.as_bytes())
+            .finalize();
+        let mut bytes = [0u8; 16];
+        bytes[..12].copy_from_slice(&digest[..12]);
+        bytes
+    }
+
+    /// The id as a UUID.
+    pub fn uuid(&self) -> uuid::Uuid {
+        self.0
+    }
+
+    /// Wraps a UUID read back from a store.
+    pub fn from_uuid(id: uuid::Uuid) -> Self {
+        ChunkId(id)
+    }
+}
+
+impl std::fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for ChunkId {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        uuid::Uuid::parse_str(s)
+            .map(ChunkId)
+            .map_err(|_| StoreError::Corrupt("a chunk id is not a UUID".into()))
+    }
+}
+
+/// What a collection is bound to.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CollectionMeta {
+    pub name: String,
+    /// The key every id and vector in it is encrypted under.
+    pub key_id: KeyId,
+    /// Dimension of its vectors.
+    pub dim: usize,
+    pub created_unix_secs: u64,
+}
+
+/// A chunk to store, with its vector already computed.
+#[derive(Clone, Debug)]
+pub struct NewChunk {
+    pub encoder_ids: EncEncoderIds,
+    pub generator_ids: EncGeneratorIds,
+    pub metadata: Vec<u8>,
+    pub vector: Vec<f32>,
+}
+
+/// A whole document: stored atomically, replacing any earlier version.
+#[derive(Clone, Debug)]
+pub struct NewDocument {
+    pub doc_id: String,
+    pub content_hash: String,
+    pub chunks: Vec<NewChunk>,
+}
+
+/// A stored chunk.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChunkRecord {
+    pub chunk_id: ChunkId,
+    pub doc_id: String,
+    pub index: u32,
+    pub content_hash: String,
+    pub encoder_ids: EncEncoderIds,
+    pub generator_ids: EncGeneratorIds,
+    pub metadata: Vec<u8>,
+}
+
+/// A stored document's identity and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocumentInfo {
+    pub doc_id: String,
+    pub content_hash: String,
+    pub chunks: usize,
+}
+
+/// A retrieval hit before its payload is read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScoredChunk {
+    pub chunk_id: ChunkId,
+    pub score: f32,
+}
+
+/// Sorts hits best first, equal scores by chunk id, so rankings never depend
+/// on where a store happened to keep a chunk.
+pub fn sort_hits(hits: &mut [ScoredChunk]) {
+    hits.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.chunk_id.cmp(&b.chunk_id))
+    });
+}
+
+/// A set of collections.
+pub trait Store: Send + Sync {
+    /// Creates an empty collection bound to `key_id`.
+    fn create_collection(
+        &self,
+        name: &str,
+        key_id: KeyId,
+        dim: usize,
+    ) -> Result<Arc<dyn Collection>>;
+    /// Opens a collection.
+    fn collection(&self, name: &str) -> Result<Arc<dyn Collection>>;
+    /// Every collection, by name.
+    fn collections(&self) -> Result<Vec<Arc<dyn Collection>>>;
+    /// Deletes a collection and all its data.
+    fn delete_collection(&self, name: &str) -> Result<()>;
+}
+
+/// One collection of encrypted chunks.
+pub trait Collection: Send + Sync {
+    /// What the collection is bound to.
+    fn meta(&self) -> &CollectionMeta;
+    /// Number of stored chunks.
+    fn count(&self) -> Result<u64>;
+    /// The stored version of a document, if any.
+    fn document(&self, doc_id: &str) -> Result<Option<DocumentInfo>>;
+    /// Stores documents, each atomically replacing its earlier version
+    /// (chunks it no longer has are removed). Returns once all of them are
+    /// durable in the vector store and the keyword index.
+    fn put_documents(&self, docs: &[NewDocument]) -> Result<()>;
+    /// Deletes a document; returns how many chunks it had.
+    fn delete_document(&self, doc_id: &str) -> Result<usize>;
+    /// A document's chunks in order (empty if it does not exist).
+    fn document_chunks(&self, doc_id: &str) -> Result<Vec<ChunkRecord>>;
+    /// A page of documents in a stable order, and the cursor of the next page.
+    fn documents(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<DocumentInfo>, Option<String>)>;
+    /// The `k` nearest chunks by cosine similarity, best first (exact search).
+    fn dense_search(&self, vector: &[f32], k: usize) -> Result<Vec<ScoredChunk>>;
+    /// The `k` best chunks by BM25 over encrypted encoder ids, best first.
+    fn keyword_search(&self, query: &EncEncoderIds, k: usize) -> Result<Vec<ScoredChunk>>;
+    /// Reads chunks by id, in the order asked; ids not found are left out.
+    fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkRecord>>;
+    /// Background maintenance (segment merging, vacuuming deleted points).
+    fn optimize(&self) -> Result<()>;
+}
+
+/// Checks a collection name: 1 to 64 characters of `[A-Za-z0-9_-]`.
+pub fn validate_collection_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidName(name.chars().take(80).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_ids_of_a_document_are_one_range() {
+        let (first, end) = ChunkId::document_range("doc-a");
+        for i in [0, 1, 7, 1 << 20, u32::MAX - 1] {
+            let id = ChunkId::new("doc-a", i);
+            assert!(first <= id && id < end);
+        }
+        assert!(ChunkId::new("doc-a", 1) < ChunkId::new("doc-a", 2));
+        let other = ChunkId::new("doc-b", 0);
+        assert!(!(first <= other && other < end));
+        let text = ChunkId::new("doc-a", 3).to_string();
+        assert_eq!(text.parse::<ChunkId>().unwrap(), ChunkId::new("doc-a", 3));
+    }
+
+    #[test]
+    fn collection_names() {
+        assert!(validate_collection_name("docs_2026-q1").is_ok());
+        for bad in ["", "a/b", "..", "naïve", &"x".repeat(65)] {
+            assert!(validate_collection_name(bad).is_err(), "{bad}");
+        }
+    }
+}

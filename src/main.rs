@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod serve;
 mod workload;
 
 use std::path::PathBuf;
@@ -71,6 +72,14 @@ enum Command {
     },
     /// Measure encrypted vs plaintext speed side by side.
     Bench(bench::BenchArgs),
+    /// Run the host: the REST API over the embedded store and the transformed
+    /// models. Takes host artifacts only: it has no key and no tokenizer.
+    Serve(serve::ServeArgs),
+    /// Print the SHA-256 of an API token, for the server's `[[api_keys]]`.
+    HashToken {
+        /// The bearer token clients will send.
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -115,13 +124,21 @@ impl ModelsArg {
 }
 
 fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // The server reports each request (route templates, never bodies).
+    let default_filter = match cli.command {
+        Command::Serve(_) => "warn,eerag=info,eerag_query=info,qdrant_edge::common::flags=error",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Models {
             action: ModelsAction::Fetch { models },
         } => {
@@ -169,6 +186,8 @@ fn main() -> Result<()> {
         }
         Command::Demo { models, question } => demo::run(&models, &question)?,
         Command::Bench(args) => bench::run(&args)?,
+        Command::Serve(args) => serve::run(args)?,
+        Command::HashToken { token } => println!("{}", eerag_query::auth::hash_token(&token)),
     }
     Ok(())
 }

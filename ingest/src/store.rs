@@ -19,7 +19,7 @@ pub enum StoreError {
     CollectionNotFound(String),
     #[error("collection {0:?} already exists")]
     CollectionExists(String),
-    #[error("invalid collection name {0:?}: use 1 to 64 characters of A-Z a-z 0-9 _ -")]
+    #[error("invalid collection name {0:?}: use 1 to 128 characters of A-Z a-z 0-9 _ - . (not starting with .)")]
     InvalidName(String),
     #[error("vector store: {0}")]
     Vector(String),
@@ -219,12 +219,15 @@ pub trait Collection: Send + Sync {
     fn optimize(&self) -> Result<()>;
 }
 
-/// Checks a collection name: 1 to 64 characters of `[A-Za-z0-9_-]`.
+/// Checks a store-level collection name: 1 to 128 characters of
+/// `[A-Za-z0-9_.-]`, not starting with a dot (hidden names are the store's).
+/// The API builds these as `tenant.name`.
 pub fn validate_collection_name(name: &str) -> Result<()> {
-    let ok = (1..=64).contains(&name.len())
+    let ok = (1..=128).contains(&name.len())
+        && !name.starts_with('.')
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
     if ok {
         Ok(())
     } else {
@@ -252,8 +255,8 @@ mod tests {
 
     #[test]
     fn collection_names() {
-        assert!(validate_collection_name("docs_2026-q1").is_ok());
-        for bad in ["", "a/b", "..", "naïve", &"x".repeat(65)] {
+        assert!(validate_collection_name("acme.docs_2026-q1").is_ok());
+        for bad in ["", "a/b", "..", ".hidden", "naïve", &"x".repeat(129)] {
             assert!(validate_collection_name(bad).is_err(), "{bad}");
         }
     }

@@ -1,6 +1,11 @@
-//! Retrieval (dense + BM25 + fusion), generation and the axum REST API. The
-//! HTTP stack is a dependency already so the whole tree is proven to build;
-//! the service lands with the host-service issue.
+//! The host: retrieval (dense + BM25 + reciprocal-rank fusion), generation,
+//! and the axum REST API. Host code takes only ciphertext types and host
+//! artifacts: there is no key and no tokenizer here.
 
-pub use axum;
-pub use tokio;
+pub mod api;
+pub mod auth;
+pub mod engine;
+pub mod metrics;
+pub mod openapi;
+pub mod server;
+pub mod service;

@@ -1,0 +1,293 @@
+//! The shared model resources: one encoder worker that batches embedding work
+//! from concurrent requests, and one generator worker. Both sit behind
+//! bounded admission, so a flood of requests gets `Busy` (503) instead of
+//! unbounded queues and memory.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use candle_core::Device;
+use eerag_shared::models::{Encoder, GenerationOptions, Generator, StopReason};
+use eerag_shared::transform::HostArtifacts;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::Metrics;
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the {0} queue is full; retry later")]
+    Busy(&'static str),
+    #[error("the {0} worker has stopped")]
+    Stopped(&'static str),
+    #[error("model error: {0}")]
+    Model(String),
+}
+
+/// Sizes of the queues and batches.
+#[derive(Clone, Debug)]
+pub struct EngineLimits {
+    /// Sequences per encoder forward pass.
+    pub embed_batch: usize,
+    /// Requests waiting for or using the encoder before new ones get 503.
+    pub embed_queue: usize,
+    /// Generations waiting or running before new ones get 503.
+    pub generate_queue: usize,
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        Self {
+            embed_batch: 32,
+            embed_queue: 64,
+            generate_queue: 8,
+        }
+    }
+}
+
+/// Facts about the loaded models that request validation needs.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelFacts {
+    pub encoder_vocab: usize,
+    pub encoder_max_tokens: usize,
+    pub dim: usize,
+    pub generator_vocab: usize,
+    pub generator_context: usize,
+}
+
+struct EmbedJob {
+    seqs: Vec<Vec<u32>>,
+    reply: oneshot::Sender<Result<Vec<Vec<f32>>, EngineError>>,
+}
+
+/// One event of a running generation.
+#[derive(Debug)]
+pub enum GenerationEvent {
+    /// The next id, in the transformed model's id space.
+    Token(u32),
+    /// The generation ended.
+    Done(StopReason),
+    /// The generation failed.
+    Failed(String),
+}
+
+struct GenerateJob {
+    prompt: Vec<u32>,
+    options: GenerationOptions,
+    events: mpsc::Sender<GenerationEvent>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The encoder and generator, each on its own worker thread.
+pub struct Engine {
+    facts: ModelFacts,
+    limits: EngineLimits,
+    embed_tx: mpsc::Sender<EmbedJob>,
+    embed_admission: Arc<Semaphore>,
+    generate_tx: mpsc::Sender<GenerateJob>,
+    generate_admission: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    embed_waiting: Arc<AtomicUsize>,
+}
+
+impl Engine {
+    /// Loads the host artifacts' encoder and generator onto `device` and
+    /// starts their workers.
+    pub fn start(
+        artifacts: &HostArtifacts,
+        device: &Device,
+        limits: EngineLimits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, EngineError> {
+        let model = |e: eerag_shared::EeError| EngineError::Model(e.to_string());
+        let encoder = Encoder::load(&artifacts.encoder_dir(), device).map_err(model)?;
+        let generator = Generator::load(&artifacts.generator_gguf(), device).map_err(model)?;
+        let facts = ModelFacts {
+            encoder_vocab: encoder.vocab_size(),
+            encoder_max_tokens: encoder.max_tokens(),
+            dim: encoder.dim(),
+            generator_vocab: generator.vocab_size(),
+            generator_context: generator.context_length(),
+        };
+        let (embed_tx, embed_rx) = mpsc::channel(limits.embed_queue.max(1) * 4);
+        let embed_waiting = Arc::new(AtomicUsize::new(0));
+        {
+            let batch = limits.embed_batch.max(1);
+            let metrics = metrics.clone();
+            let waiting = embed_waiting.clone();
+            std::thread::Builder::new()
+                .name("eerag-encoder".into())
+                .spawn(move || embed_worker(encoder, embed_rx, batch, metrics, waiting))
+                .map_err(|e| EngineError::Model(format!("cannot start encoder thread: {e}")))?;
+        }
+        let (generate_tx, generate_rx) = mpsc::channel(limits.generate_queue.max(1));
+        {
+            let metrics = metrics.clone();
+            std::thread::Builder::new()
+                .name("eerag-generator".into())
+                .spawn(move || generate_worker(generator, generate_rx, metrics))
+                .map_err(|e| EngineError::Model(format!("cannot start generator thread: {e}")))?;
+        }
+        Ok(Self {
+            facts,
+            embed_admission: Arc::new(Semaphore::new(limits.embed_queue.max(1))),
+            generate_admission: Arc::new(Semaphore::new(limits.generate_queue.max(1))),
+            limits,
+            embed_tx,
+            generate_tx,
+            metrics,
+            embed_waiting,
+        })
+    }
+
+    /// The loaded models' sizes.
+    pub fn facts(&self) -> ModelFacts {
+        self.facts
+    }
+
+    /// Embeds sequences with the (transformed) encoder. Sequences are sent to
+    /// the worker in batches, where they may share a forward pass with other
+    /// requests' sequences. Fails fast with `Busy` when the queue is full.
+    pub async fn embed(&self, seqs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, EngineError> {
+        let _permit = self
+            .embed_admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                self.metrics.rejected("embed");
+                EngineError::Busy("embedding")
+            })?;
+        let total = seqs.len();
+        let mut replies = Vec::new();
+        let mut seqs = seqs.into_iter().peekable();
+        while seqs.peek().is_some() {
+            let part: Vec<Vec<u32>> = seqs.by_ref().take(self.limits.embed_batch.max(1)).collect();
+            let (reply, rx) = oneshot::channel();
+            self.embed_waiting.fetch_add(part.len(), Ordering::Relaxed);
+            self.metrics
+                .set_queue_depth("embed", self.embed_waiting.load(Ordering::Relaxed));
+            self.embed_tx
+                .send(EmbedJob { seqs: part, reply })
+                .await
+                .map_err(|_| EngineError::Stopped("encoder"))?;
+            replies.push(rx);
+        }
+        let mut out = Vec::with_capacity(total);
+        for rx in replies {
+            out.extend(rx.await.map_err(|_| EngineError::Stopped("encoder"))??);
+        }
+        Ok(out)
+    }
+
+    /// Queues a generation; its events arrive on the returned receiver.
+    /// Dropping the receiver cancels the generation at the next token.
+    pub fn generate(
+        &self,
+        prompt: Vec<u32>,
+        options: GenerationOptions,
+    ) -> Result<mpsc::Receiver<GenerationEvent>, EngineError> {
+        let permit = self
+            .generate_admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                self.metrics.rejected("generate");
+                EngineError::Busy("generation")
+            })?;
+        let (events, rx) = mpsc::channel(64);
+        self.generate_tx
+            .try_send(GenerateJob {
+                prompt,
+                options,
+                events,
+                _permit: permit,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => EngineError::Busy("generation"),
+                mpsc::error::TrySendError::Closed(_) => EngineError::Stopped("generator"),
+            })?;
+        self.metrics.set_queue_depth(
+            "generate",
+            self.limits.generate_queue - self.generate_admission.available_permits(),
+        );
+        Ok(rx)
+    }
+
+    /// Generations waiting or running.
+    pub fn generations_in_flight(&self) -> usize {
+        self.limits.generate_queue - self.generate_admission.available_permits()
+    }
+}
+
+fn embed_worker(
+    encoder: Encoder,
+    mut rx: mpsc::Receiver<EmbedJob>,
+    batch: usize,
+    metrics: Arc<Metrics>,
+    waiting: Arc<AtomicUsize>,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        // Take whatever else is already waiting, up to one batch of sequences.
+        let mut jobs = vec![first];
+        let mut size = jobs[0].seqs.len();
+        while size < batch {
+            match rx.try_recv() {
+                Ok(job) => {
+                    size += job.seqs.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let seqs: Vec<&[u32]> = jobs
+            .iter()
+            .flat_map(|j| j.seqs.iter().map(Vec::as_slice))
+            .collect();
+        let started = std::time::Instant::now();
+        let result = encoder
+            .embed(&seqs, seqs.len().max(1))
+            .map_err(|e| EngineError::Model(e.to_string()));
+        metrics.observe_embed(seqs.len(), started.elapsed());
+        let left = waiting
+            .fetch_sub(size, Ordering::Relaxed)
+            .saturating_sub(size);
+        metrics.set_queue_depth("embed", left);
+        match result {
+            Ok(vectors) => {
+                let mut vectors = vectors.into_iter();
+                for job in jobs {
+                    let part: Vec<Vec<f32>> = vectors.by_ref().take(job.seqs.len()).collect();
+                    let _ = job.reply.send(Ok(part));
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(EngineError::Model(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn generate_worker(
+    generator: Generator,
+    mut rx: mpsc::Receiver<GenerateJob>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(job) = rx.blocking_recv() {
+        let mut session = generator.session();
+        let events = job.events.clone();
+        metrics.add_prompt_tokens(job.prompt.len());
+        let result = session.generate(&job.prompt, &job.options, |id| {
+            metrics.add_generated_tokens(1);
+            // A closed channel means the client went away: stop generating.
+            events.blocking_send(GenerationEvent::Token(id)).is_ok()
+        });
+        let last = match result {
+            Ok(generation) => GenerationEvent::Done(generation.stop),
+            Err(e) => GenerationEvent::Failed(e.to_string()),
+        };
+        let _ = job.events.blocking_send(last);
+        drop(job._permit);
+    }
+}

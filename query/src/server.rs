@@ -1,0 +1,179 @@
+//! Starting the host: open the artifacts and the store, load the models,
+//! serve the API until shut down.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::Device;
+use eerag_ingest::edge_store::{EdgeStore, Recovery};
+use eerag_shared::transform::HostArtifacts;
+use eerag_shared::KeyId;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::api::{router, AppState};
+use crate::auth::Auth;
+use crate::engine::{Engine, EngineLimits};
+use crate::metrics::Metrics;
+use crate::service::{Service, ServiceLimits};
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("host artifacts: {0}")]
+    Artifacts(#[from] eerag_shared::EeError),
+    #[error("store: {0}")]
+    Store(#[from] eerag_ingest::StoreError),
+    #[error("models: {0}")]
+    Engine(#[from] crate::engine::EngineError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "refusing to listen on {0} without API keys: with no keys configured the server only listens on loopback (configure [[api_keys]] to serve a network)"
+    )]
+    OpenWithoutKeys(SocketAddr),
+}
+
+/// Everything `eerag serve` is configured with.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Host artifacts from `eerag transform`.
+    pub artifacts: PathBuf,
+    /// Where collections are stored.
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    pub auth: Auth,
+    /// Check every artifact file against its manifest hash at start-up.
+    pub verify_artifacts: bool,
+    pub max_body_bytes: usize,
+    pub engine: EngineLimits,
+    pub limits: ServiceLimits,
+    /// How often the store's optimiser runs.
+    pub optimize_every: Duration,
+}
+
+/// A running server.
+pub struct RunningServer {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The artifacts' key id.
+    pub key_id: KeyId,
+    /// What opening the store had to repair.
+    pub recovery: Recovery,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting connections, finishes in-flight requests and returns.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.unwrap_or(Ok(()))
+    }
+
+    /// Waits until the server stops on its own (it only does on error) or
+    /// `signal` completes, then shuts it down.
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        signal.await;
+        self.shutdown().await
+    }
+}
+
+/// Loads everything and starts serving in the background.
+pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
+    if !config.auth.requires_keys() && !config.listen.ip().is_loopback() {
+        return Err(ServeError::OpenWithoutKeys(config.listen));
+    }
+    let artifacts = {
+        let (dir, verify) = (config.artifacts.clone(), config.verify_artifacts);
+        tokio::task::spawn_blocking(move || HostArtifacts::open(&dir, verify))
+            .await
+            .expect("artifact check does not panic")?
+    };
+    let key_id = artifacts.key_id();
+    let metrics = Arc::new(Metrics::default());
+    let engine = {
+        let (limits, metrics) = (config.engine.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || {
+            Engine::start(&artifacts, &Device::Cpu, limits, metrics)
+        })
+        .await
+        .expect("model loading does not panic")?
+    };
+    let (store, recovery) = {
+        let data = config.data.clone();
+        tokio::task::spawn_blocking(move || EdgeStore::open(&data))
+            .await
+            .expect("store opening does not panic")?
+    };
+    tracing::info!(
+        key_id = %key_id,
+        keyword_reindexed = recovery.keyword_reindexed,
+        keyword_removed = recovery.keyword_removed,
+        leftovers_removed = recovery.leftovers_removed,
+        "store opened"
+    );
+    let service = Service::new(
+        Arc::new(store),
+        engine,
+        key_id,
+        metrics.clone(),
+        config.limits,
+    );
+    let state = Arc::new(AppState {
+        service,
+        metrics,
+        auth: config.auth,
+    });
+    let app = router(state.clone(), config.max_body_bytes);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let (shutdown, stop) = oneshot::channel::<()>();
+    {
+        // Segment merging and vacuuming, off the request path.
+        let state = state.clone();
+        let every = config.optimize_every;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = state.service.optimize_all().await {
+                    tracing::warn!(error = %e, "store optimisation failed");
+                }
+            }
+        });
+    }
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop.await;
+            })
+            .await
+    });
+    Ok(RunningServer {
+        addr,
+        key_id,
+        recovery,
+        shutdown: Some(shutdown),
+        task,
+    })
+}

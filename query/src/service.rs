@@ -1,0 +1,831 @@
+//! The host's core, below HTTP: validate ciphertext requests, embed, store,
+//! retrieve (dense, BM25, reciprocal-rank fusion) and prepare generations.
+//! It takes only ciphertext and host artifacts; it has no key and no
+//! tokenizer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use eerag_ingest::store::{
+    sort_hits, ChunkId, ChunkRecord, Collection, NewChunk, NewDocument, ScoredChunk, Store,
+    StoreError,
+};
+use eerag_shared::models::{GenerationOptions, StopReason};
+use eerag_shared::wire::{
+    AnswerRequest, CollectionInfo, DocumentExport, DocumentList, DocumentResult, DocumentStatus,
+    DocumentSummary, FinishReason, SearchHit, SearchMode, SearchRequest, StoredChunk,
+    UpsertRequest, UpsertResponse, UsedChunk,
+};
+use eerag_shared::{EncEncoderIds, EncGeneratorIds, KeyId};
+use tokio::sync::mpsc;
+
+use crate::engine::{Engine, EngineError, GenerationEvent};
+use crate::metrics::Metrics;
+
+/// Reciprocal-rank fusion constant (Cormack et al., 2009).
+pub const RRF_K: f32 = 60.0;
+
+/// Errors of the service, each with an HTTP meaning (see `api`).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::CollectionNotFound(_) => ServiceError::NotFound(e.to_string()),
+            StoreError::CollectionExists(_) => ServiceError::Conflict(e.to_string()),
+            StoreError::InvalidName(_) => ServiceError::Invalid {
+                code: "invalid_name",
+                message: e.to_string(),
+            },
+            other => ServiceError::Store(other),
+        }
+    }
+}
+
+fn invalid(code: &'static str, message: impl Into<String>) -> ServiceError {
+    ServiceError::Invalid {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Bounds on what one request may ask for.
+#[derive(Clone, Debug)]
+pub struct ServiceLimits {
+    /// Chunks in one upsert request.
+    pub max_chunks_per_request: usize,
+    /// Sealed metadata bytes per chunk.
+    pub max_metadata_bytes: usize,
+    /// `k` of a search.
+    pub max_search_k: usize,
+    /// `k` of an answer (chunks in the prompt).
+    pub max_answer_k: usize,
+    /// `max_tokens` of an answer.
+    pub max_new_tokens: usize,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        Self {
+            max_chunks_per_request: 4096,
+            max_metadata_bytes: 64 * 1024,
+            max_search_k: 1000,
+            max_answer_k: 20,
+            max_new_tokens: 2048,
+        }
+    }
+}
+
+/// A generation under way, with what went into its prompt.
+pub struct PreparedAnswer {
+    /// Token and end events.
+    pub events: mpsc::Receiver<GenerationEvent>,
+    pub prompt_tokens: usize,
+    pub chunks: Vec<UsedChunk>,
+}
+
+/// The host service.
+pub struct Service {
+    store: Arc<dyn Store>,
+    engine: Engine,
+    key_id: KeyId,
+    metrics: Arc<Metrics>,
+    limits: ServiceLimits,
+}
+
+/// Runs blocking store work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::Store(StoreError::Vector(format!("store task failed: {e}"))))?
+        .map_err(ServiceError::from)
+}
+
+/// Checks an opaque client id: 1 to 128 characters of `[A-Za-z0-9_.-]`.
+fn validate_opaque(what: &'static str, value: &str) -> Result<(), ServiceError> {
+    let ok = (1..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "invalid_id",
+            format!("{what} must be 1 to 128 characters of A-Z a-z 0-9 _ - ."),
+        ))
+    }
+}
+
+/// Checks a public collection or tenant name: 1 to 64 of `[A-Za-z0-9_-]`.
+pub fn validate_name(what: &'static str, name: &str) -> Result<(), ServiceError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "invalid_name",
+            format!("{what} must be 1 to 64 characters of A-Z a-z 0-9 _ -"),
+        ))
+    }
+}
+
+fn check_ids(
+    what: &str,
+    ids: &[u32],
+    vocab: usize,
+    max_len: usize,
+    allow_empty: bool,
+) -> Result<(), ServiceError> {
+    if ids.is_empty() && !allow_empty {
+        return Err(invalid("empty_ids", format!("{what} is empty")));
+    }
+    if ids.len() > max_len {
+        return Err(invalid(
+            "too_many_ids",
+            format!(
+                "{what} has {} ids; the model window allows at most {max_len}",
+                ids.len()
+            ),
+        ));
+    }
+    if ids.iter().any(|&id| id as usize >= vocab) {
+        return Err(invalid(
+            "id_out_of_vocabulary",
+            format!("{what} has an id outside the vocabulary of {vocab} ids"),
+        ));
+    }
+    Ok(())
+}
+
+impl Service {
+    /// A service over `store` with the models of `engine`, which were
+    /// transformed for `key_id`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        engine: Engine,
+        key_id: KeyId,
+        metrics: Arc<Metrics>,
+        limits: ServiceLimits,
+    ) -> Self {
+        Self {
+            store,
+            engine,
+            key_id,
+            metrics,
+            limits,
+        }
+    }
+
+    /// The key id of the loaded artifacts.
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    /// The model engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn store_name(tenant: &str, name: &str) -> String {
+        format!("{tenant}.{name}")
+    }
+
+    fn check_key(&self, collection: &dyn Collection, key_id: KeyId) -> Result<(), ServiceError> {
+        if collection.meta().key_id != key_id {
+            return Err(invalid(
+                "key_mismatch",
+                format!(
+                    "the request is encrypted under key {key_id}, the collection under key {}",
+                    collection.meta().key_id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn open(&self, tenant: &str, name: &str) -> Result<Arc<dyn Collection>, ServiceError> {
+        validate_name("a collection name", name)?;
+        let store = self.store.clone();
+        let full = Self::store_name(tenant, name);
+        blocking(move || store.collection(&full))
+            .await
+            .map_err(|e| match e {
+                ServiceError::NotFound(_) => {
+                    ServiceError::NotFound(format!("collection {name:?} does not exist"))
+                }
+                other => other,
+            })
+    }
+
+    async fn info(
+        &self,
+        tenant: &str,
+        c: Arc<dyn Collection>,
+    ) -> Result<CollectionInfo, ServiceError> {
+        let meta = c.meta().clone();
+        let chunks = blocking(move || c.count()).await?;
+        let name = meta
+            .name
+            .strip_prefix(&format!("{tenant}."))
+            .unwrap_or(&meta.name)
+            .to_string();
+        Ok(CollectionInfo {
+            name,
+            key_id: meta.key_id,
+            dim: meta.dim,
+            chunks,
+        })
+    }
+
+    /// Creates a collection bound to the artifacts' key.
+    pub async fn create_collection(
+        &self,
+        tenant: &str,
+        name: &str,
+        key_id: Option<KeyId>,
+    ) -> Result<CollectionInfo, ServiceError> {
+        validate_name("a collection name", name)?;
+        if let Some(k) = key_id {
+            if k != self.key_id {
+                return Err(invalid(
+                    "key_mismatch",
+                    format!(
+                        "this host serves models transformed for key {}, not {k}",
+                        self.key_id
+                    ),
+                ));
+            }
+        }
+        let store = self.store.clone();
+        let full = Self::store_name(tenant, name);
+        let (key, dim) = (self.key_id, self.engine.facts().dim);
+        let c = blocking(move || store.create_collection(&full, key, dim))
+            .await
+            .map_err(|e| match e {
+                ServiceError::Conflict(_) => {
+                    ServiceError::Conflict(format!("collection {name:?} already exists"))
+                }
+                other => other,
+            })?;
+        self.info(tenant, c).await
+    }
+
+    /// The tenant's collections.
+    pub async fn list_collections(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<CollectionInfo>, ServiceError> {
+        let store = self.store.clone();
+        let all = blocking(move || store.collections()).await?;
+        let prefix = format!("{tenant}.");
+        let mut out = Vec::new();
+        for c in all {
+            if c.meta().name.starts_with(&prefix) {
+                out.push(self.info(tenant, c).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a collection.
+    pub async fn delete_collection(&self, tenant: &str, name: &str) -> Result<(), ServiceError> {
+        self.open(tenant, name).await?;
+        let store = self.store.clone();
+        let full = Self::store_name(tenant, name);
+        blocking(move || store.delete_collection(&full)).await
+    }
+
+    /// Validates, embeds and stores whole documents; returns once durable.
+    pub async fn upsert(
+        &self,
+        tenant: &str,
+        name: &str,
+        request: UpsertRequest,
+    ) -> Result<UpsertResponse, ServiceError> {
+        let collection = self.open(tenant, name).await?;
+        self.check_key(collection.as_ref(), request.key_id)?;
+        let facts = self.engine.facts();
+        let total: usize = request.documents.iter().map(|d| d.chunks.len()).sum();
+        if total > self.limits.max_chunks_per_request {
+            return Err(invalid(
+                "too_many_chunks",
+                format!(
+                    "{total} chunks in one request; send at most {}",
+                    self.limits.max_chunks_per_request
+                ),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (d, doc) in request.documents.iter().enumerate() {
+            validate_opaque("doc_id", &doc.doc_id)?;
+            validate_opaque("content_hash", &doc.content_hash)?;
+            if !seen.insert(doc.doc_id.as_str()) {
+                return Err(invalid(
+                    "duplicate_document",
+                    format!("document {} appears twice in the request", doc.doc_id),
+                ));
+            }
+            if doc.chunks.is_empty() {
+                return Err(invalid(
+                    "empty_document",
+                    format!(
+                        "document {} has no chunks (delete it with DELETE instead)",
+                        doc.doc_id
+                    ),
+                ));
+            }
+            for (i, chunk) in doc.chunks.iter().enumerate() {
+                let at = format!("documents[{d}].chunks[{i}]");
+                check_ids(
+                    &format!("{at}.encoder_ids"),
+                    &chunk.encoder_ids,
+                    facts.encoder_vocab,
+                    facts.encoder_max_tokens,
+                    false,
+                )?;
+                check_ids(
+                    &format!("{at}.generator_ids"),
+                    &chunk.generator_ids,
+                    facts.generator_vocab,
+                    facts.generator_context,
+                    false,
+                )?;
+                if chunk.metadata.len() > self.limits.max_metadata_bytes {
+                    return Err(invalid(
+                        "metadata_too_large",
+                        format!(
+                            "{at}.metadata has {} bytes; at most {} are allowed",
+                            chunk.metadata.len(),
+                            self.limits.max_metadata_bytes
+                        ),
+                    ));
+                }
+            }
+        }
+
+        // Documents already stored with the same content are left alone.
+        let mut statuses = Vec::with_capacity(request.documents.len());
+        for doc in &request.documents {
+            let c = collection.clone();
+            let id = doc.doc_id.clone();
+            let existing = blocking(move || c.document(&id)).await?;
+            statuses.push(match existing {
+                Some(e) if e.content_hash == doc.content_hash && e.chunks == doc.chunks.len() => {
+                    DocumentStatus::Unchanged
+                }
+                Some(_) => DocumentStatus::Replaced,
+                None => DocumentStatus::Created,
+            });
+        }
+        let seqs: Vec<Vec<u32>> = request
+            .documents
+            .iter()
+            .zip(&statuses)
+            .filter(|(_, s)| **s != DocumentStatus::Unchanged)
+            .flat_map(|(d, _)| d.chunks.iter().map(|c| c.encoder_ids.clone()))
+            .collect();
+        let mut vectors = self.engine.embed(seqs).await?.into_iter();
+        let key = collection.meta().key_id;
+        let mut docs = Vec::new();
+        let mut results = Vec::with_capacity(request.documents.len());
+        for (doc, status) in request.documents.into_iter().zip(statuses) {
+            results.push(DocumentResult {
+                doc_id: doc.doc_id.clone(),
+                chunks: doc.chunks.len(),
+                status,
+            });
+            if status == DocumentStatus::Unchanged {
+                continue;
+            }
+            let chunks = doc
+                .chunks
+                .into_iter()
+                .map(|c| NewChunk {
+                    encoder_ids: EncEncoderIds::new(key, c.encoder_ids),
+                    generator_ids: EncGeneratorIds::new(key, c.generator_ids),
+                    metadata: c.metadata,
+                    vector: vectors.next().expect("one vector per embedded chunk"),
+                })
+                .collect();
+            docs.push(NewDocument {
+                doc_id: doc.doc_id,
+                content_hash: doc.content_hash,
+                chunks,
+            });
+        }
+        let written: usize = docs.iter().map(|d| d.chunks.len()).sum();
+        if !docs.is_empty() {
+            let c = collection.clone();
+            blocking(move || c.put_documents(&docs)).await?;
+        }
+        self.metrics.add_chunks_written(written);
+        Ok(UpsertResponse {
+            documents: results,
+            chunks_written: written,
+        })
+    }
+
+    /// Deletes a document; 404 if it has no chunks.
+    pub async fn delete_document(
+        &self,
+        tenant: &str,
+        name: &str,
+        doc_id: &str,
+    ) -> Result<usize, ServiceError> {
+        validate_opaque("doc_id", doc_id)?;
+        let collection = self.open(tenant, name).await?;
+        let id = doc_id.to_string();
+        let n = blocking(move || collection.delete_document(&id)).await?;
+        if n == 0 {
+            return Err(ServiceError::NotFound(format!(
+                "document {doc_id} does not exist"
+            )));
+        }
+        Ok(n)
+    }
+
+    /// Exports a document's chunks.
+    pub async fn export_document(
+        &self,
+        tenant: &str,
+        name: &str,
+        doc_id: &str,
+    ) -> Result<DocumentExport, ServiceError> {
+        validate_opaque("doc_id", doc_id)?;
+        let collection = self.open(tenant, name).await?;
+        let key_id = collection.meta().key_id;
+        let id = doc_id.to_string();
+        let chunks = blocking(move || collection.document_chunks(&id)).await?;
+        let content_hash = chunks
+            .first()
+            .map(|c| c.content_hash.clone())
+            .ok_or_else(|| ServiceError::NotFound(format!("document {doc_id} does not exist")))?;
+        Ok(DocumentExport {
+            doc_id: doc_id.to_string(),
+            content_hash,
+            key_id,
+            chunks: chunks
+                .into_iter()
+                .map(|c| StoredChunk {
+                    chunk_id: c.chunk_id.to_string(),
+                    index: c.index,
+                    encoder_ids: c.encoder_ids.ids().to_vec(),
+                    generator_ids: c.generator_ids.ids().to_vec(),
+                    metadata: c.metadata,
+                })
+                .collect(),
+        })
+    }
+
+    /// A page of the collection's documents.
+    pub async fn list_documents(
+        &self,
+        tenant: &str,
+        name: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<DocumentList, ServiceError> {
+        let collection = self.open(tenant, name).await?;
+        let limit = limit.clamp(1, 1000);
+        let (docs, next) = blocking(move || collection.documents(after.as_deref(), limit))
+            .await
+            .map_err(|e| match e {
+                ServiceError::Store(StoreError::Corrupt(m)) => invalid("invalid_cursor", m),
+                other => other,
+            })?;
+        Ok(DocumentList {
+            documents: docs
+                .into_iter()
+                .map(|d| DocumentSummary {
+                    doc_id: d.doc_id,
+                    content_hash: d.content_hash,
+                    chunks: d.chunks,
+                })
+                .collect(),
+            next,
+        })
+    }
+
+    /// Ranks chunks for encrypted query ids.
+    async fn retrieve(
+        &self,
+        collection: &Arc<dyn Collection>,
+        query_ids: Vec<u32>,
+        k: usize,
+        mode: SearchMode,
+    ) -> Result<Vec<(ChunkRecord, f32)>, ServiceError> {
+        let facts = self.engine.facts();
+        check_ids(
+            "query_ids",
+            &query_ids,
+            facts.encoder_vocab,
+            facts.encoder_max_tokens,
+            false,
+        )?;
+        // Fusion looks deeper than k so a chunk ranked just below k by one
+        // retriever can still be lifted by the other.
+        let depth = match mode {
+            SearchMode::Hybrid => (k * 2).max(50).min(self.limits.max_search_k),
+            _ => k,
+        };
+        let dense = match mode {
+            SearchMode::Dense | SearchMode::Hybrid => {
+                let vector = self
+                    .engine
+                    .embed(vec![query_ids.clone()])
+                    .await?
+                    .pop()
+                    .expect("one vector per sequence");
+                let c = collection.clone();
+                Some(blocking(move || c.dense_search(&vector, depth)).await?)
+            }
+            SearchMode::Keyword => None,
+        };
+        let keyword = match mode {
+            SearchMode::Keyword | SearchMode::Hybrid => {
+                let c = collection.clone();
+                let q = EncEncoderIds::new(collection.meta().key_id, query_ids);
+                Some(blocking(move || c.keyword_search(&q, depth)).await?)
+            }
+            SearchMode::Dense => None,
+        };
+        let mut ranked = match (dense, keyword) {
+            (Some(d), Some(kw)) => reciprocal_rank_fusion(&[d, kw]),
+            (Some(d), None) => d,
+            (None, Some(kw)) => kw,
+            (None, None) => unreachable!("every mode uses a retriever"),
+        };
+        ranked.truncate(k);
+        let ids: Vec<ChunkId> = ranked.iter().map(|h| h.chunk_id).collect();
+        let c = collection.clone();
+        let records = blocking(move || c.chunks(&ids)).await?;
+        let scores: HashMap<ChunkId, f32> = ranked.iter().map(|h| (h.chunk_id, h.score)).collect();
+        Ok(records
+            .into_iter()
+            .map(|r| {
+                let s = scores[&r.chunk_id];
+                (r, s)
+            })
+            .collect())
+    }
+
+    /// Searches a collection.
+    pub async fn search(
+        &self,
+        tenant: &str,
+        name: &str,
+        request: SearchRequest,
+    ) -> Result<Vec<SearchHit>, ServiceError> {
+        let collection = self.open(tenant, name).await?;
+        self.check_key(collection.as_ref(), request.key_id)?;
+        if request.k == 0 || request.k > self.limits.max_search_k {
+            return Err(invalid(
+                "invalid_k",
+                format!("k must be 1 to {}", self.limits.max_search_k),
+            ));
+        }
+        let hits = self
+            .retrieve(&collection, request.query_ids, request.k, request.mode)
+            .await?;
+        Ok(hits
+            .into_iter()
+            .map(|(r, score)| SearchHit {
+                chunk_id: r.chunk_id.to_string(),
+                doc_id: r.doc_id,
+                index: r.index,
+                score,
+                generator_ids: r.generator_ids.ids().to_vec(),
+                metadata: r.metadata,
+            })
+            .collect())
+    }
+
+    /// Retrieves, splices the chunks into the client's template and starts
+    /// the generation.
+    pub async fn answer(
+        &self,
+        tenant: &str,
+        name: &str,
+        request: AnswerRequest,
+    ) -> Result<PreparedAnswer, ServiceError> {
+        let collection = self.open(tenant, name).await?;
+        self.check_key(collection.as_ref(), request.key_id)?;
+        let facts = self.engine.facts();
+        let vocab = facts.generator_vocab;
+        let window = facts.generator_context;
+        let t = &request.template;
+        for (what, ids) in [
+            ("template.before_context", &t.before_context),
+            ("template.between_chunks", &t.between_chunks),
+            ("template.before_question", &t.before_question),
+            ("template.after_question", &t.after_question),
+            ("stop_ids", &request.stop_ids),
+        ] {
+            check_ids(what, ids, vocab, window, true)?;
+        }
+        check_ids(
+            "question.generator_ids",
+            &request.question.generator_ids,
+            vocab,
+            window,
+            false,
+        )?;
+        if request.max_tokens == 0 || request.max_tokens > self.limits.max_new_tokens {
+            return Err(invalid(
+                "invalid_max_tokens",
+                format!("max_tokens must be 1 to {}", self.limits.max_new_tokens),
+            ));
+        }
+        if request.k > self.limits.max_answer_k {
+            return Err(invalid(
+                "invalid_k",
+                format!("k must be 0 to {}", self.limits.max_answer_k),
+            ));
+        }
+        request
+            .sampling
+            .validate()
+            .map_err(|e| invalid("invalid_sampling", e.to_string()))?;
+
+        let mut retrieved = if request.k > 0 {
+            self.retrieve(
+                &collection,
+                request.question.encoder_ids.clone(),
+                request.k,
+                request.mode,
+            )
+            .await?
+        } else {
+            Vec::new()
+        };
+        // Fit the window: drop the lowest-ranked chunks until prompt and
+        // answer fit.
+        let fixed = t.before_context.len()
+            + t.before_question.len()
+            + request.question.generator_ids.len()
+            + t.after_question.len();
+        let prompt_len = |chunks: &[(ChunkRecord, f32)]| {
+            fixed
+                + chunks
+                    .iter()
+                    .map(|(c, _)| c.generator_ids.len())
+                    .sum::<usize>()
+                + t.between_chunks.len() * chunks.len().saturating_sub(1)
+        };
+        while !retrieved.is_empty() && prompt_len(&retrieved) + request.max_tokens > window {
+            retrieved.pop();
+        }
+        let prompt_tokens = prompt_len(&retrieved);
+        if prompt_tokens + request.max_tokens > window {
+            return Err(invalid(
+                "context_too_long",
+                format!(
+                    "a prompt of {prompt_tokens} tokens plus max_tokens {} exceeds the generator's context of {window}",
+                    request.max_tokens
+                ),
+            ));
+        }
+        let mut prompt = Vec::with_capacity(prompt_tokens);
+        prompt.extend_from_slice(&t.before_context);
+        for (i, (chunk, _)) in retrieved.iter().enumerate() {
+            if i > 0 {
+                prompt.extend_from_slice(&t.between_chunks);
+            }
+            prompt.extend_from_slice(chunk.generator_ids.ids());
+        }
+        prompt.extend_from_slice(&t.before_question);
+        prompt.extend_from_slice(&request.question.generator_ids);
+        prompt.extend_from_slice(&t.after_question);
+
+        let events = self.engine.generate(
+            prompt,
+            GenerationOptions {
+                max_tokens: request.max_tokens,
+                stop_ids: request.stop_ids,
+                sampling: request.sampling,
+            },
+        )?;
+        Ok(PreparedAnswer {
+            events,
+            prompt_tokens,
+            chunks: retrieved
+                .into_iter()
+                .map(|(r, score)| UsedChunk {
+                    chunk_id: r.chunk_id.to_string(),
+                    doc_id: r.doc_id,
+                    index: r.index,
+                    score,
+                    metadata: r.metadata,
+                })
+                .collect(),
+        })
+    }
+
+    /// Runs store maintenance on every collection (segment merging,
+    /// vacuuming); called from a background task.
+    pub async fn optimize_all(&self) -> Result<(), ServiceError> {
+        let store = self.store.clone();
+        blocking(move || {
+            for c in store.collections()? {
+                c.optimize()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Maps the generator's stop reason to the API's.
+pub fn finish_reason(stop: StopReason) -> FinishReason {
+    match stop {
+        StopReason::StopToken => FinishReason::Stop,
+        StopReason::MaxTokens | StopReason::Cancelled => FinishReason::Length,
+        StopReason::ContextFull => FinishReason::ContextFull,
+    }
+}
+
+/// Reciprocal-rank fusion: each list adds `1 / (RRF_K + rank)` (rank from 1)
+/// to a chunk's score. Depends on ranks only, so it ranks identically in
+/// every id space whenever its inputs do. The lists are summed in a fixed
+/// order so equal inputs give bitwise equal scores.
+pub fn reciprocal_rank_fusion(lists: &[Vec<ScoredChunk>]) -> Vec<ScoredChunk> {
+    let mut fused: HashMap<ChunkId, f32> = HashMap::new();
+    let mut order: Vec<ChunkId> = Vec::new();
+    for list in lists {
+        for (rank, hit) in list.iter().enumerate() {
+            let add = 1.0 / (RRF_K + (rank + 1) as f32);
+            match fused.get_mut(&hit.chunk_id) {
+                Some(s) => *s += add,
+                None => {
+                    fused.insert(hit.chunk_id, add);
+                    order.push(hit.chunk_id);
+                }
+            }
+        }
+    }
+    let mut hits: Vec<ScoredChunk> = order
+        .into_iter()
+        .map(|chunk_id| ScoredChunk {
+            chunk_id,
+            score: fused[&chunk_id],
+        })
+        .collect();
+    sort_hits(&mut hits);
+    hits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(doc: &str, score: f32) -> ScoredChunk {
+        ScoredChunk {
+            chunk_id: ChunkId::new(doc, 0),
+            score,
+        }
+    }
+
+    #[test]
+    fn rrf_rewards_agreement_and_depends_on_ranks_only() {
+        let dense = vec![hit("a", 0.9), hit("b", 0.8), hit("c", 0.1)];
+        let keyword = vec![hit("b", 12.0), hit("d", 3.0), hit("a", 1.0)];
+        let fused = reciprocal_rank_fusion(&[dense.clone(), keyword.clone()]);
+        let order: Vec<ChunkId> = fused.iter().map(|h| h.chunk_id).collect();
+        // b: 1/62 + 1/61, a: 1/61 + 1/63, then d (1/62) before c (1/63).
+        assert_eq!(
+            order,
+            ["b", "a", "d", "c"].map(|d| ChunkId::new(d, 0)).to_vec()
+        );
+        let rescaled: Vec<ScoredChunk> = keyword
+            .iter()
+            .map(|h| ScoredChunk {
+                score: h.score * 7.0,
+                ..*h
+            })
+            .collect();
+        assert_eq!(fused, reciprocal_rank_fusion(&[dense, rescaled]));
+    }
+}

@@ -1,0 +1,101 @@
+//! `eerag serve`: the host process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use eerag_query::auth::Auth;
+use eerag_query::engine::EngineLimits;
+use eerag_query::server::{self, ServeConfig};
+use eerag_query::service::ServiceLimits;
+
+/// Options of `eerag serve`. There is deliberately no key or tokenizer
+/// option: the host never holds either.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Host artifacts written by `eerag transform`.
+    #[arg(long)]
+    artifacts: PathBuf,
+    /// Data directory of the embedded store (created if missing).
+    #[arg(long)]
+    data: PathBuf,
+    /// Address to listen on. Without API keys only loopback is allowed.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// TOML file with `[[api_keys]]` entries (sha256, tenant, role). Without
+    /// it the server is one local tenant on loopback.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Largest request body, in MiB.
+    #[arg(long, default_value_t = 64)]
+    max_body_mib: usize,
+    /// Sequences per encoder forward pass.
+    #[arg(long, default_value_t = 32)]
+    embed_batch: usize,
+    /// Requests queued for the encoder before new ones get 503.
+    #[arg(long, default_value_t = 64)]
+    embed_queue: usize,
+    /// Generations queued or running before new ones get 503.
+    #[arg(long, default_value_t = 8)]
+    generate_queue: usize,
+    /// Skip hashing the artifacts against their manifest at start-up.
+    #[arg(long)]
+    no_verify: bool,
+}
+
+/// Runs the server until Ctrl-C or SIGTERM.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let auth = match &args.config {
+        Some(path) => Auth::from_file(path)?,
+        None => Auth::Local,
+    };
+    let config = ServeConfig {
+        artifacts: args.artifacts,
+        data: args.data,
+        listen: args.listen,
+        auth,
+        verify_artifacts: !args.no_verify,
+        max_body_bytes: args.max_body_mib.max(1) * 1024 * 1024,
+        engine: EngineLimits {
+            embed_batch: args.embed_batch.max(1),
+            embed_queue: args.embed_queue.max(1),
+            generate_queue: args.generate_queue.max(1),
+        },
+        limits: ServiceLimits::default(),
+        optimize_every: Duration::from_secs(60),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let server = server::start(config).await?;
+        // Tests and scripts read this line to find the port.
+        println!(
+            "eerag host listening on http://{} (key {})",
+            server.addr, server.key_id
+        );
+        server.run_until(shutdown_signal()).await?;
+        eprintln!("eerag host stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

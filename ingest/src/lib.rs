@@ -1,9 +1,12 @@
 //! Host-side storage of encrypted chunks (vector store + keyword index behind
-//! one trait), and, on the client side, reading and chunking files.
+//! one trait); on the client side, the API client that encrypts before it
+//! sends ([`client`]) over the ciphertext-only HTTP client ([`remote`]).
 
+pub mod client;
 pub mod edge_store;
 pub mod keyword;
 pub mod ranking;
+pub mod remote;
 pub mod store;
 
 pub use edge_store::EdgeStore;

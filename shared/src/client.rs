@@ -27,6 +27,13 @@ pub struct ClientCipher {
     generator: Permutation,
     rotation: Rotation,
     metadata: MetadataCipher,
+    document_id_key: [u8; 32],
+}
+
+impl Drop for ClientCipher {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.document_id_key);
+    }
 }
 
 impl ClientCipher {
@@ -38,7 +45,20 @@ impl ClientCipher {
             generator: key.generator_permutation(shape.generator_vocab),
             rotation: key.rotation(shape.embedding_dim),
             metadata: key.metadata_cipher(),
+            document_id_key: key.document_id_key(),
         }
+    }
+
+    /// The id under which a document with this content is stored: a keyed
+    /// hash (HMAC-SHA256, 128 bits as hex), so re-uploading the same content
+    /// replaces rather than duplicates, and the host learns nothing it could
+    /// check a guessed document against.
+    pub fn document_id(&self, content: &[u8]) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.document_id_key)
+            .expect("HMAC takes any key length");
+        mac.update(content);
+        hex::encode(&mac.finalize().into_bytes()[..16])
     }
 
     /// The public id of the key.

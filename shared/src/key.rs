@@ -85,6 +85,7 @@ mod label {
     pub const ROTATION: &str = "eerag/v1/embedding-rotation";
     pub const METADATA_AEAD: &str = "eerag/v1/metadata-aead";
     pub const KEY_ID: &str = "eerag/v1/key-id";
+    pub const DOCUMENT_ID: &str = "eerag/v1/document-id";
     /// Hashed into the fixed id of [`super::Key::identity`].
     pub const IDENTITY_KEY_ID: &str = "eerag/v1/identity-key";
 }
@@ -219,6 +220,13 @@ impl Key {
     /// The AEAD that seals metadata (file names, titles, offsets, previews).
     pub fn metadata_cipher(&self) -> MetadataCipher {
         MetadataCipher::new(self.derive(label::METADATA_AEAD), self.id())
+    }
+
+    /// The key of [`crate::client::ClientCipher::document_id`]: document ids
+    /// are keyed hashes, so the host cannot confirm a guess of a document's
+    /// content by hashing it.
+    pub fn document_id_key(&self) -> [u8; 32] {
+        self.derive(label::DOCUMENT_ID)
     }
 
     /// Serialises the key file: magic, version, bincode body, SHA-256 checksum.

@@ -1,6 +1,8 @@
 //! Shared fixtures of eerag's end-to-end tests: the real base models, a fixed
 //! test key, and its host artifacts, built once per test binary.
 
+pub mod host;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -27,6 +29,28 @@ pub fn models() -> ModelsDir {
 
 /// The secret of the fixed test key.
 pub const TEST_SECRET: [u8; 32] = *b"eerag test key: not for real use";
+
+/// Host artifacts of the identity key (the plaintext baseline), built once
+/// per test binary.
+pub fn identity_artifacts() -> &'static HostArtifacts {
+    static ARTIFACTS: OnceLock<(HostArtifacts, tempfile::TempDir)> = OnceLock::new();
+    &ARTIFACTS
+        .get_or_init(|| {
+            let models = models();
+            let dir = tempfile::tempdir().expect("temp dir");
+            let out = dir.path().join("artifacts");
+            eerag_shared::transform::transform(
+                &Key::identity(),
+                &models.encoder_dir(),
+                &models.generator_gguf(),
+                &out,
+                false,
+            )
+            .expect("identity transform");
+            (HostArtifacts::open(&out, true).expect("open"), dir)
+        })
+        .0
+}
 
 /// Everything a real-model test compares.
 pub struct Fixture {

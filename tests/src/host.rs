@@ -1,0 +1,106 @@
+//! In-process hosts for API tests: a real `eerag serve` stack (artifacts,
+//! embedded store, models, axum on a loopback port) on its own runtime, so
+//! the tests can talk to it with the blocking HTTP client like any client.
+
+use std::path::Path;
+use std::time::Duration;
+
+use eerag_ingest::client::TextDocument;
+use eerag_query::auth::Auth;
+use eerag_query::engine::EngineLimits;
+use eerag_query::server::{self, RunningServer, ServeConfig};
+use eerag_query::service::ServiceLimits;
+
+/// A running host and its data directory.
+pub struct Host {
+    pub url: String,
+    server: Option<RunningServer>,
+    runtime: tokio::runtime::Runtime,
+    pub data: tempfile::TempDir,
+}
+
+/// Knobs of a test host.
+pub struct HostOptions {
+    pub auth: Auth,
+    pub max_body_bytes: usize,
+    pub engine: EngineLimits,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        Self {
+            auth: Auth::Local,
+            max_body_bytes: 64 << 20,
+            engine: EngineLimits::default(),
+        }
+    }
+}
+
+impl Host {
+    /// Starts a host serving `artifacts` on a fresh data directory.
+    pub fn start(artifacts: &Path, options: HostOptions) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let data = tempfile::tempdir().expect("temp dir");
+        let config = ServeConfig {
+            artifacts: artifacts.to_path_buf(),
+            data: data.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            auth: options.auth,
+            verify_artifacts: false,
+            max_body_bytes: options.max_body_bytes,
+            engine: options.engine,
+            limits: ServiceLimits::default(),
+            optimize_every: Duration::from_secs(3600),
+        };
+        let server = runtime
+            .block_on(server::start(config))
+            .expect("host starts");
+        Self {
+            url: format!("http://{}", server.addr),
+            server: Some(server),
+            runtime,
+            data,
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            let _ = self.runtime.block_on(s.shutdown());
+        }
+    }
+}
+
+/// The sample corpus as documents of paragraph chunks.
+pub fn sample_documents() -> Vec<TextDocument> {
+    [
+        (
+            "clinic-handbook.md",
+            include_str!("../../datasets/sample/clinic-handbook.md"),
+        ),
+        (
+            "engagement-letter.md",
+            include_str!("../../datasets/sample/engagement-letter.md"),
+        ),
+        (
+            "incident-review.md",
+            include_str!("../../datasets/sample/incident-review.md"),
+        ),
+    ]
+    .into_iter()
+    .map(|(title, text)| TextDocument {
+        title: title.into(),
+        chunks: text
+            .split("\n\n")
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+    .collect()
+}

@@ -121,6 +121,18 @@ impl HostClient {
             .map_err(|e| RemoteError::Protocol(e.to_string()))
     }
 
+    /// `GET /metrics`: the Prometheus text.
+    pub fn metrics(&self) -> Result<String> {
+        Self::check(
+            self.http
+                .get(self.url("/metrics"))
+                .send()
+                .map_err(transport)?,
+        )?
+        .text()
+        .map_err(transport)
+    }
+
     /// `GET /health`.
     pub fn health(&self) -> Result<Health> {
         Self::json(self.http.get(self.url("/health")))

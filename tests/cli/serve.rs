@@ -1,0 +1,528 @@
+//! `eerag serve` as a real process: what it prints and stores holds no
+//! plaintext, and a kill -9 mid-ingest loses no acknowledged document.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eerag_ingest::client::{AskOptions, EncryptedClient, TextDocument};
+use eerag_ingest::remote::HostClient;
+use eerag_shared::models::fetch::ModelsDir;
+use eerag_shared::wire::{DocumentExport, SearchMode, UpsertRequest};
+use eerag_shared::Key;
+
+use crate::{eerag, models_dir, path, stderr};
+
+/// A key and its host artifacts, made with the CLI like a user would.
+struct Setup {
+    dir: tempfile::TempDir,
+    key: Key,
+    artifacts: PathBuf,
+    models: ModelsDir,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("client.eekey");
+    let artifacts = dir.path().join("artifacts");
+    let models = models_dir();
+    let o = eerag(&["keygen", "--out", path(&key_path)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = eerag(&[
+        "transform",
+        "--key",
+        path(&key_path),
+        "--out",
+        path(&artifacts),
+        "--models",
+        path(&models),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    Setup {
+        key: Key::load(&key_path).unwrap(),
+        dir,
+        artifacts,
+        models: ModelsDir::new(models),
+    }
+}
+
+/// A running `eerag serve`; its stdout and stderr go to files.
+struct Server {
+    child: Child,
+    url: String,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Server {
+    /// Starts a server on a free loopback port and waits until it listens.
+    fn start(artifacts: &Path, data: &Path, logs: &Path, rust_log: &str) -> Server {
+        std::fs::create_dir_all(logs).unwrap();
+        let n = std::fs::read_dir(logs).unwrap().count();
+        let stdout = logs.join(format!("stdout-{n}.log"));
+        let stderr = logs.join(format!("stderr-{n}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_eerag"))
+            .args([
+                "serve",
+                "--artifacts",
+                path(artifacts),
+                "--data",
+                path(data),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", rust_log)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap())
+            .spawn()
+            .expect("starting eerag serve");
+        let started = Instant::now();
+        let url = loop {
+            let out = std::fs::read_to_string(&stdout).unwrap_or_default();
+            if let Some(rest) = out.split("eerag host listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "eerag serve exited with {status}: {}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "eerag serve did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Server {
+            child,
+            url,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn client(&self, setup: &Setup) -> EncryptedClient {
+        EncryptedClient::connect(
+            HostClient::new(&self.url, None).unwrap(),
+            &setup.key,
+            &setup.models,
+        )
+        .expect("client connects")
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "eerag serve exited with {status}: {}",
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every regular file under `dir`.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                out.push(entry.path());
+            }
+        }
+    }
+    out
+}
+
+fn contains_ignoring_ascii_case(haystack: &[u8], needle: &str) -> bool {
+    let needle = needle.to_ascii_lowercase().into_bytes();
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(&needle))
+}
+
+/// The sample corpus, one chunk per paragraph.
+fn sample_documents() -> Vec<TextDocument> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/sample");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".md"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| TextDocument {
+            chunks: std::fs::read_to_string(dir.join(&name))
+                .unwrap()
+                .split("\n\n")
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect(),
+            title: name,
+        })
+        .collect()
+}
+
+/// Words no model vocabulary or log line holds by chance.
+const CANARIES: [&str; 4] = [
+    "Quorvantine",
+    "zephyrlaminate",
+    "Blixtrombe",
+    "Mirabundel Oskarvane",
+];
+
+fn canary_corpus() -> Vec<TextDocument> {
+    let mut docs = sample_documents();
+    docs.push(TextDocument {
+        title: "Quorvantine protocol.md".into(),
+        chunks: vec![
+            "The Quorvantine protocol governs the zephyrlaminate vault in the east wing.".into(),
+            "Only Mirabundel Oskarvane may open the vault; the passphrase is Blixtrombe.".into(),
+            "The vault is inspected every ninth day by two officers.".into(),
+        ],
+    });
+    docs
+}
+
+#[test]
+fn the_host_never_prints_or_stores_plaintext() {
+    let setup = setup();
+    let data = setup.dir.path().join("data");
+    let logs = setup.dir.path().join("logs");
+    let server = Server::start(&setup.artifacts, &data, &logs, "trace");
+    let client = server.client(&setup);
+    client.create_collection("vault").unwrap();
+    let docs = canary_corpus();
+    client.upload("vault", &docs).unwrap();
+    // Exercise every route that touches user data.
+    let hits = client
+        .search(
+            "vault",
+            "Who may open the zephyrlaminate vault?",
+            3,
+            SearchMode::Hybrid,
+        )
+        .unwrap();
+    assert_eq!(
+        hits[0].metadata.title, "Quorvantine protocol.md",
+        "the pipeline works end to end"
+    );
+    for mode in [SearchMode::Dense, SearchMode::Keyword] {
+        assert!(!client
+            .search("vault", "Quorvantine Blixtrombe", 2, mode)
+            .unwrap()
+            .is_empty());
+    }
+    let answer = client
+        .ask(
+            "vault",
+            "What is the passphrase of the Quorvantine vault?",
+            &AskOptions {
+                k: 2,
+                max_tokens: 16,
+                ..AskOptions::default()
+            },
+            |_| {},
+        )
+        .unwrap();
+    assert!(answer
+        .sources
+        .iter()
+        .any(|s| s.title == "Quorvantine protocol.md"));
+    let request = client
+        .encrypt_question("Who inspects the vault?", &AskOptions::default())
+        .unwrap();
+    let mut short = request.clone();
+    short.max_tokens = 4;
+    client.host().answer("vault", &short).unwrap();
+    let listed = client.host().list_documents("vault", None, 100).unwrap();
+    for d in &listed.documents {
+        client.host().export_document("vault", &d.doc_id).unwrap();
+    }
+    // Refused requests must not echo plaintext either (there is none to
+    // echo: the client sends ids), and errors are logged too.
+    let mut bad = client
+        .encrypt_query("Quorvantine", 2, SearchMode::Dense)
+        .unwrap();
+    bad.query_ids.push(u32::MAX);
+    assert!(client.host().search("vault", &bad).is_err());
+    let gone = client.encrypt_documents(&docs[..1]).unwrap();
+    client
+        .host()
+        .delete_document("vault", &gone.documents[0].doc_id)
+        .unwrap();
+    let metrics = client.host().metrics().unwrap();
+    let (stdout_path, stderr_path) = (server.stdout.clone(), server.stderr.clone());
+    server.stop();
+
+    let mut scanned = 0usize;
+    let mut scanned_bytes = 0usize;
+    let mut leaks = Vec::new();
+    let mut sources: Vec<(String, Vec<u8>)> = files_under(&data)
+        .into_iter()
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    sources.push(("stdout".into(), std::fs::read(&stdout_path).unwrap()));
+    sources.push(("stderr".into(), std::fs::read(&stderr_path).unwrap()));
+    sources.push(("/metrics".into(), metrics.into_bytes()));
+    for (name, bytes) in &sources {
+        scanned += 1;
+        scanned_bytes += bytes.len();
+        for canary in CANARIES {
+            if contains_ignoring_ascii_case(bytes, canary) {
+                leaks.push(format!("{canary} in {name}"));
+            }
+        }
+    }
+    assert!(leaks.is_empty(), "plaintext reached the host: {leaks:?}");
+    // The scan saw what it should: a store with data and a verbose log.
+    let log = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(log.contains("TRACE"), "the log ran at trace level");
+    assert!(log.contains("/v1/collections/{name}/search"));
+    assert!(
+        scanned > 10 && scanned_bytes > 100_000,
+        "scanned {scanned} files, {scanned_bytes} bytes"
+    );
+    // The same scan finds the canaries where they are: on the client side.
+    let plain_sent =
+        serde_json::to_vec(&docs.iter().map(|d| &d.chunks).collect::<Vec<_>>()).unwrap();
+    assert!(contains_ignoring_ascii_case(&plain_sent, CANARIES[0]));
+}
+
+/// A synthetic document of `chunks` chunks, distinct per `n`.
+fn synthetic_document(n: usize, chunks: usize) -> TextDocument {
+    const WORDS: [&str; 24] = [
+        "ledger",
+        "harbour",
+        "invoice",
+        "clinic",
+        "vault",
+        "rota",
+        "patient",
+        "retainer",
+        "settlement",
+        "audit",
+        "fridge",
+        "courier",
+        "archive",
+        "partner",
+        "pension",
+        "ward",
+        "tariff",
+        "dossier",
+        "ferry",
+        "quarry",
+        "orchard",
+        "lantern",
+        "meadow",
+        "copper",
+    ];
+    let mut state = (n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    TextDocument {
+        title: format!("record-{n}.txt"),
+        chunks: (0..chunks)
+            .map(|c| {
+                let words: Vec<&str> = (0..40)
+                    .map(|_| WORDS[(next() % WORDS.len() as u64) as usize])
+                    .collect();
+                format!("Record {n} part {c}: {}.", words.join(" "))
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn kill_9_mid_ingest_loses_no_acknowledged_document() {
+    let setup = setup();
+    let data = setup.dir.path().join("data");
+    let logs = setup.dir.path().join("logs");
+    let mut acknowledged: BTreeMap<String, UpsertRequest> = BTreeMap::new();
+    let mut next_doc = 0usize;
+    let rounds = 3;
+    for round in 0..rounds {
+        let server = Server::start(&setup.artifacts, &data, &logs, "info");
+        let client = server.client(&setup);
+        if round == 0 {
+            client.create_collection("ledger").unwrap();
+        }
+        verify(&client, &acknowledged);
+
+        // Upload one- and two-document batches back to back from a thread;
+        // kill the server after a few acknowledgements, mid-request.
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks: Arc<Mutex<Vec<UpsertRequest>>> = Arc::default();
+        let first = next_doc;
+        let uploader = {
+            let (stop, acks) = (stop.clone(), acks.clone());
+            let requests: Vec<UpsertRequest> = (0..40)
+                .map(|i| {
+                    let n = first + 2 * i;
+                    let batch = if i % 2 == 0 {
+                        vec![synthetic_document(n, 6)]
+                    } else {
+                        vec![synthetic_document(n, 3), synthetic_document(n + 1, 9)]
+                    };
+                    client.encrypt_documents(&batch).unwrap()
+                })
+                .collect();
+            let host = client.host().clone();
+            std::thread::spawn(move || {
+                for request in requests {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    match host.upsert("ledger", &request) {
+                        Ok(_) => acks.lock().unwrap().push(request),
+                        // The server died under this request: not acknowledged.
+                        Err(_) => break,
+                    }
+                }
+            })
+        };
+        next_doc += 80;
+        let wanted = 2 + 2 * round;
+        let started = Instant::now();
+        while acks.lock().unwrap().len() < wanted {
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "uploads stalled"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Vary the moment within the next request.
+        std::thread::sleep(Duration::from_millis(37 * round as u64));
+        server.kill_9();
+        stop.store(true, Ordering::SeqCst);
+        uploader.join().unwrap();
+        let acks = std::mem::take(&mut *acks.lock().unwrap());
+        assert!(acks.len() >= wanted);
+        for request in acks {
+            for d in &request.documents {
+                let single = UpsertRequest {
+                    key_id: request.key_id,
+                    documents: vec![d.clone()],
+                };
+                acknowledged.insert(d.doc_id.clone(), single);
+            }
+        }
+    }
+    let server = Server::start(&setup.artifacts, &data, &logs, "info");
+    let client = server.client(&setup);
+    verify(&client, &acknowledged);
+    let log = std::fs::read_to_string(&server.stderr).unwrap();
+    assert!(log.contains("store opened"), "{log}");
+    server.stop();
+    eprintln!(
+        "{rounds} kills; {} acknowledged documents all whole",
+        acknowledged.len()
+    );
+}
+
+/// Every acknowledged document is whole (the same chunks, byte for byte) and
+/// findable by keyword and by vector; every listed document is whole.
+fn verify(client: &EncryptedClient, acknowledged: &BTreeMap<String, UpsertRequest>) {
+    let host = client.host();
+    let mut listed = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = host.list_documents("ledger", after.as_deref(), 50).unwrap();
+        for d in &page.documents {
+            listed.insert(d.doc_id.clone(), d.chunks);
+        }
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    for (doc_id, request) in acknowledged {
+        let sent = &request.documents[0];
+        let stored: DocumentExport = host
+            .export_document("ledger", doc_id)
+            .unwrap_or_else(|e| panic!("acknowledged document {doc_id} lost: {e}"));
+        assert_eq!(stored.content_hash, sent.content_hash);
+        assert_eq!(stored.chunks.len(), sent.chunks.len(), "{doc_id} partial");
+        for (i, (s, c)) in stored.chunks.iter().zip(&sent.chunks).enumerate() {
+            assert_eq!(s.index as usize, i);
+            assert_eq!(s.encoder_ids, c.encoder_ids);
+            assert_eq!(s.generator_ids, c.generator_ids);
+            assert_eq!(s.metadata, c.metadata);
+        }
+        let meta = client
+            .open_metadata(doc_id, 0, &sent.chunks[0].metadata)
+            .unwrap();
+        // The chunk's own text: its vector is the nearest, and its ids are
+        // in the keyword index (near the top; BM25 may prefer a longer chunk).
+        let dense = client
+            .search("ledger", &meta.text, 1, SearchMode::Dense)
+            .unwrap();
+        assert_eq!(dense[0].doc_id, *doc_id, "dense search misses {doc_id}");
+        let keyword = client
+            .search("ledger", &meta.text, 10, SearchMode::Keyword)
+            .unwrap();
+        assert!(
+            keyword.iter().any(|h| h.doc_id == *doc_id),
+            "keyword search misses acknowledged {doc_id}"
+        );
+    }
+    // Documents whose acknowledgement the kill swallowed may be there, but
+    // only whole.
+    for (doc_id, chunks) in &listed {
+        let export = host.export_document("ledger", doc_id).unwrap();
+        assert_eq!(export.chunks.len(), *chunks);
+        let n: usize = client
+            .open_metadata(doc_id, 0, &export.chunks[0].metadata)
+            .unwrap()
+            .title
+            .trim_start_matches("record-")
+            .trim_end_matches(".txt")
+            .parse()
+            .unwrap();
+        let expected = if (n % 4) == 0 {
+            6
+        } else if n % 4 == 2 {
+            3
+        } else {
+            9
+        };
+        assert_eq!(*chunks, expected, "document record-{n} is partial");
+    }
+}

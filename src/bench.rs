@@ -36,9 +36,22 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Benchmark the host service end to end over HTTP instead (ingest,
+    /// search in every mode, answers) on two in-process hosts.
+    #[arg(long)]
+    host: bool,
+    /// With --host: copies of the sample corpus ingested per round.
+    #[arg(long, default_value_t = 8)]
+    copies: usize,
+    /// With --host: searches per mode per round.
+    #[arg(long, default_value_t = 50)]
+    searches: usize,
+    /// With --host: tokens per answer.
+    #[arg(long, default_value_t = 32)]
+    answer_tokens: usize,
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     let n = xs.len();
     if n % 2 == 1 {
@@ -75,13 +88,13 @@ fn encoder_workload(pair: &Pair, count: usize, len: usize) -> Result<Vec<Vec<u32
 }
 
 /// Seconds per round for each side.
-struct Timing {
-    plain: Vec<f64>,
-    encrypted: Vec<f64>,
+pub(crate) struct Timing {
+    pub(crate) plain: Vec<f64>,
+    pub(crate) encrypted: Vec<f64>,
 }
 
 /// Throughputs (`work` units per second) and the encrypted ÷ plaintext ratio.
-struct Figures {
+pub(crate) struct Figures {
     plain: f64,
     encrypted: f64,
     /// Median of the per-round ratios: pairing each round's two runs cancels
@@ -92,14 +105,14 @@ struct Figures {
 }
 
 impl Timing {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             plain: Vec::new(),
             encrypted: Vec::new(),
         }
     }
 
-    fn figures(&self, work: f64) -> Figures {
+    pub(crate) fn figures(&self, work: f64) -> Figures {
         let ratios: Vec<f64> = self
             .plain
             .iter()
@@ -117,7 +130,7 @@ impl Timing {
 }
 
 impl Figures {
-    fn json(&self, unit: &str) -> serde_json::Value {
+    pub(crate) fn json(&self, unit: &str) -> serde_json::Value {
         json!({
             format!("plaintext_{unit}_per_s"): self.plain,
             format!("encrypted_{unit}_per_s"): self.encrypted,
@@ -127,7 +140,7 @@ impl Figures {
         })
     }
 
-    fn row(&self, work: &str, unit: &str) -> String {
+    pub(crate) fn row(&self, work: &str, unit: &str) -> String {
         format!(
             "| {work} | {:.1} {unit}/s | {:.1} {unit}/s | {:.2} ({:.2}–{:.2}) |",
             self.plain, self.encrypted, self.ratio, self.ratio_min, self.ratio_max
@@ -162,6 +175,18 @@ fn run_generator(gen: &Generator, prompt: &[u32], decode: usize) -> Result<(f64,
 pub fn run(args: &BenchArgs) -> Result<()> {
     ensure!(args.rounds > 0, "--rounds must be at least 1");
     let models = args.models.require()?;
+    if args.host {
+        return crate::bench_host::run(
+            &models,
+            &crate::bench_host::HostBenchArgs {
+                rounds: args.rounds,
+                copies: args.copies,
+                searches: args.searches,
+                answer_tokens: args.answer_tokens,
+                json: args.json,
+            },
+        );
+    }
     let pair = Pair::prepare(&models)?;
     let c = &pair.sides.cipher;
 

@@ -1,6 +1,7 @@
 //! `eerag`: encrypted retrieval-augmented generation.
 
 mod bench;
+mod bench_host;
 mod demo;
 mod serve;
 mod workload;
@@ -128,7 +129,8 @@ fn main() -> Result<()> {
     // The server reports each request (route templates, never bodies).
     let default_filter = match cli.command {
         Command::Serve(_) => "warn,eerag=info,eerag_query=info,qdrant_edge::common::flags=error",
-        _ => "warn",
+        // qdrant-edge warns about its feature flags once per segment.
+        _ => "warn,qdrant_edge::common::flags=error",
     };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -57,6 +57,24 @@ pub struct ServeConfig {
     pub optimize_every: Duration,
 }
 
+impl ServeConfig {
+    /// A single-tenant server on a free loopback port with default limits:
+    /// what the demo, benchmarks and tests run in-process.
+    pub fn local(artifacts: PathBuf, data: PathBuf) -> Self {
+        Self {
+            artifacts,
+            data,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            auth: Auth::Local,
+            verify_artifacts: true,
+            max_body_bytes: 64 << 20,
+            engine: EngineLimits::default(),
+            limits: ServiceLimits::default(),
+            optimize_every: Duration::from_secs(60),
+        }
+    }
+}
+
 /// A running server.
 pub struct RunningServer {
     /// The bound address (useful with port 0).
@@ -67,6 +85,7 @@ pub struct RunningServer {
     pub recovery: Recovery,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    optimizer: tokio::task::JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -75,7 +94,11 @@ impl RunningServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.task.await.unwrap_or(Ok(()))
+        let served = self.task.await.unwrap_or(Ok(()));
+        // The optimiser holds the store: stop it so the store closes here.
+        self.optimizer.abort();
+        let _ = self.optimizer.await;
+        served
     }
 
     /// Waits until the server stops on its own (it only does on error) or
@@ -147,7 +170,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         source,
     })?;
     let (shutdown, stop) = oneshot::channel::<()>();
-    {
+    let optimizer = {
         // Segment merging and vacuuming, off the request path.
         let state = state.clone();
         let every = config.optimize_every;
@@ -160,8 +183,8 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
                     tracing::warn!(error = %e, "store optimisation failed");
                 }
             }
-        });
-    }
+        })
+    };
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -175,5 +198,61 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         recovery,
         shutdown: Some(shutdown),
         task,
+        optimizer,
     })
+}
+
+/// A server on its own tokio runtime, for callers that are not async (the
+/// demo, benchmarks, tests): they talk to it over HTTP like any client.
+pub struct BackgroundServer {
+    server: Option<RunningServer>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl BackgroundServer {
+    /// Starts `config` on a new two-worker runtime.
+    pub fn start(config: ServeConfig) -> Result<Self, ServeError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("eerag-host")
+            .enable_all()
+            .build()
+            .map_err(|source| ServeError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let server = runtime.block_on(start(config))?;
+        Ok(Self {
+            server: Some(server),
+            runtime,
+        })
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server().addr)
+    }
+
+    /// The running server.
+    pub fn server(&self) -> &RunningServer {
+        self.server.as_ref().expect("running until dropped")
+    }
+
+    /// Shuts down gracefully (also done on drop).
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> std::io::Result<()> {
+        match self.server.take() {
+            Some(s) => self.runtime.block_on(s.shutdown()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BackgroundServer {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
 }

@@ -767,16 +767,22 @@ pub fn finish_reason(stop: StopReason) -> FinishReason {
     }
 }
 
-/// Reciprocal-rank fusion: each list adds `1 / (RRF_K + rank)` (rank from 1)
-/// to a chunk's score. Depends on ranks only, so it ranks identically in
-/// every id space whenever its inputs do. The lists are summed in a fixed
-/// order so equal inputs give bitwise equal scores.
+/// Reciprocal-rank fusion: each list (sorted best first) adds
+/// `1 / (RRF_K + rank)` to a chunk's score. Equal scores share a rank (the
+/// best of their positions): within a tie the order follows chunk ids, which
+/// are keyed hashes and so differ between keys, and giving tied chunks one
+/// rank keeps the fused scores the same in every id space. The lists are
+/// summed in a fixed order so equal inputs give bitwise equal scores.
 pub fn reciprocal_rank_fusion(lists: &[Vec<ScoredChunk>]) -> Vec<ScoredChunk> {
     let mut fused: HashMap<ChunkId, f32> = HashMap::new();
     let mut order: Vec<ChunkId> = Vec::new();
     for list in lists {
-        for (rank, hit) in list.iter().enumerate() {
-            let add = 1.0 / (RRF_K + (rank + 1) as f32);
+        let mut rank = 0;
+        for (position, hit) in list.iter().enumerate() {
+            if position == 0 || hit.score != list[position - 1].score {
+                rank = position + 1;
+            }
+            let add = 1.0 / (RRF_K + rank as f32);
             match fused.get_mut(&hit.chunk_id) {
                 Some(s) => *s += add,
                 None => {
@@ -827,5 +833,27 @@ mod tests {
             })
             .collect();
         assert_eq!(fused, reciprocal_rank_fusion(&[dense, rescaled]));
+    }
+
+    #[test]
+    fn rrf_gives_tied_scores_one_rank_whatever_their_order() {
+        let tied = vec![hit("a", 2.0), hit("b", 1.0), hit("c", 1.0), hit("d", 0.5)];
+        let swapped = vec![hit("a", 2.0), hit("c", 1.0), hit("b", 1.0), hit("d", 0.5)];
+        let other = vec![hit("c", 0.9), hit("d", 0.8)];
+        let score = |fused: &[ScoredChunk], d: &str| {
+            fused
+                .iter()
+                .find(|h| h.chunk_id == ChunkId::new(d, 0))
+                .unwrap()
+                .score
+        };
+        let f1 = reciprocal_rank_fusion(&[tied, other.clone()]);
+        let f2 = reciprocal_rank_fusion(&[swapped, other]);
+        for d in ["a", "b", "c", "d"] {
+            assert_eq!(score(&f1, d).to_bits(), score(&f2, d).to_bits(), "{d}");
+        }
+        // b and c share rank 2; d is 4th.
+        assert_eq!(score(&f1, "b"), 1.0 / (RRF_K + 2.0));
+        assert_eq!(score(&f1, "d"), 1.0 / (RRF_K + 4.0) + 1.0 / (RRF_K + 2.0));
     }
 }

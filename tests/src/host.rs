@@ -8,14 +8,13 @@ use std::time::Duration;
 use eerag_ingest::client::TextDocument;
 use eerag_query::auth::Auth;
 use eerag_query::engine::EngineLimits;
-use eerag_query::server::{self, RunningServer, ServeConfig};
-use eerag_query::service::ServiceLimits;
+use eerag_query::server::{BackgroundServer, ServeConfig};
 
 /// A running host and its data directory.
 pub struct Host {
     pub url: String,
-    server: Option<RunningServer>,
-    runtime: tokio::runtime::Runtime,
+    // Declared before `data` so the server stops before its files go.
+    server: BackgroundServer,
     pub data: tempfile::TempDir,
 }
 
@@ -39,40 +38,26 @@ impl Default for HostOptions {
 impl Host {
     /// Starts a host serving `artifacts` on a fresh data directory.
     pub fn start(artifacts: &Path, options: HostOptions) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
         let data = tempfile::tempdir().expect("temp dir");
         let config = ServeConfig {
-            artifacts: artifacts.to_path_buf(),
-            data: data.path().to_path_buf(),
-            listen: "127.0.0.1:0".parse().unwrap(),
             auth: options.auth,
             verify_artifacts: false,
             max_body_bytes: options.max_body_bytes,
             engine: options.engine,
-            limits: ServiceLimits::default(),
             optimize_every: Duration::from_secs(3600),
+            ..ServeConfig::local(artifacts.to_path_buf(), data.path().to_path_buf())
         };
-        let server = runtime
-            .block_on(server::start(config))
-            .expect("host starts");
+        let server = BackgroundServer::start(config).expect("host starts");
         Self {
-            url: format!("http://{}", server.addr),
-            server: Some(server),
-            runtime,
+            url: server.url(),
+            server,
             data,
         }
     }
-}
 
-impl Drop for Host {
-    fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            let _ = self.runtime.block_on(s.shutdown());
-        }
+    /// The server.
+    pub fn server(&self) -> &BackgroundServer {
+        &self.server
     }
 }
 

@@ -226,12 +226,18 @@ fn embed_worker(
     metrics: Arc<Metrics>,
     waiting: Arc<AtomicUsize>,
 ) {
-    while let Some(first) = rx.blocking_recv() {
+    // A job that did not fit the previous batch starts the next one.
+    let mut carried: Option<EmbedJob> = None;
+    while let Some(first) = carried.take().or_else(|| rx.blocking_recv()) {
         // Take whatever else is already waiting, up to one batch of sequences.
         let mut jobs = vec![first];
         let mut size = jobs[0].seqs.len();
         while size < batch {
             match rx.try_recv() {
+                Ok(job) if size + job.seqs.len() > batch => {
+                    carried = Some(job);
+                    break;
+                }
                 Ok(job) => {
                     size += job.seqs.len();
                     jobs.push(job);

@@ -30,6 +30,9 @@ pub struct ServeArgs {
     /// Largest request body, in MiB.
     #[arg(long, default_value_t = 64)]
     max_body_mib: usize,
+    /// API requests handled at once; more get 503 + Retry-After.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_IN_FLIGHT)]
+    max_in_flight: usize,
     /// Sequences per encoder forward pass.
     #[arg(long, default_value_t = 32)]
     embed_batch: usize,
@@ -57,6 +60,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         auth,
         verify_artifacts: !args.no_verify,
         max_body_bytes: args.max_body_mib.max(1) * 1024 * 1024,
+        max_in_flight: args.max_in_flight.max(1),
         engine: EngineLimits {
             embed_batch: args.embed_batch.max(1),
             embed_queue: args.embed_queue.max(1),

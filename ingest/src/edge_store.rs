@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use eerag_shared::{EncEncoderIds, EncGeneratorIds, KeyId};
@@ -189,19 +190,28 @@ impl Store for EdgeStore {
     fn delete_collection(&self, name: &str) -> Result<()> {
         let mut map = self.write();
         let collection = map
-            .remove(name)
+            .get(name)
+            .cloned()
             .ok_or_else(|| StoreError::CollectionNotFound(name.chars().take(80).collect()))?;
         // Wait for in-flight writes, then move the directory out of sight in
         // one rename before deleting it: a crash never leaves half of it.
-        let _writes = collection.lock.write().unwrap_or_else(|p| p.into_inner());
+        let writes = collection.write_lock()?;
         let trash = self.root.join(TRASH_DIR);
         std::fs::create_dir_all(&trash).map_err(|e| StoreError::io(&trash, e))?;
         let doomed = trash.join(format!("{name}-{}", uuid::Uuid::new_v4()));
         std::fs::rename(&collection.dir, &doomed).map_err(|e| StoreError::io(&doomed, e))?;
         sync_dir(&self.root.join(COLLECTIONS_DIR))?;
-        drop(_writes);
+        // Requests still holding the collection now fail as not found
+        // instead of writing into the trash or a same-named successor.
+        collection.deleted.store(true, Ordering::SeqCst);
+        map.remove(name);
+        drop(map);
+        drop(writes);
         drop(collection);
-        std::fs::remove_dir_all(&doomed).map_err(|e| StoreError::io(&doomed, e))
+        // The collection is gone; a failure here only leaves trash that the
+        // next start-up removes.
+        let _ = std::fs::remove_dir_all(&doomed);
+        Ok(())
     }
 }
 
@@ -220,6 +230,9 @@ pub struct EdgeCollection {
     /// Writers hold it exclusively while a batch goes into both indexes;
     /// readers share it, so they never see a batch half applied.
     lock: RwLock<()>,
+    /// Set (under the write lock) once the collection's directory has been
+    /// moved to the trash: requests that still hold it fail as not found.
+    deleted: AtomicBool,
 }
 
 impl EdgeCollection {
@@ -266,21 +279,53 @@ impl EdgeCollection {
             shard,
             keyword,
             lock: RwLock::new(()),
+            deleted: AtomicBool::new(false),
         })
     }
 
-    fn read_lock(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.lock.read().unwrap_or_else(|p| p.into_inner())
+    /// The shared lock, or not found if the collection was deleted.
+    fn read_lock(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>> {
+        let guard = self.lock.read().unwrap_or_else(|p| p.into_inner());
+        self.live()?;
+        Ok(guard)
     }
 
-    fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
-        self.lock.write().unwrap_or_else(|p| p.into_inner())
+    /// The exclusive lock, or not found if the collection was deleted.
+    fn write_lock(&self) -> Result<std::sync::RwLockWriteGuard<'_, ()>> {
+        let guard = self.lock.write().unwrap_or_else(|p| p.into_inner());
+        self.live()?;
+        Ok(guard)
+    }
+
+    fn live(&self) -> Result<()> {
+        if self.deleted.load(Ordering::SeqCst) {
+            Err(StoreError::CollectionNotFound(self.meta.name.clone()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// After a write under the write lock: if it failed part way, the shard
+    /// (the source of truth) may hold what the keyword index lacks; bring
+    /// the index back in line now, so a retry that finds the document
+    /// unchanged is right to skip it.
+    fn heal_after(&self, written: Result<()>) -> Result<()> {
+        if written.is_err() {
+            // If this fails too, the next start-up reconciles.
+            let _ = self.reconcile_keyword_locked();
+        }
+        written
     }
 
     /// Brings the keyword index to exactly the shard's `(chunk, version)`
     /// set. Returns (re-indexed, removed).
     fn reconcile_keyword(&self) -> Result<(usize, usize)> {
-        let _guard = self.write_lock();
+        let _guard = self.write_lock()?;
+        self.reconcile_keyword_locked()
+    }
+
+    /// [`Self::reconcile_keyword`] for a caller holding the write lock.
+    fn reconcile_keyword_locked(&self) -> Result<(usize, usize)> {
         let mut stored: HashMap<String, String> = HashMap::new();
         self.scan(None, &[field::CONTENT_HASH], |record| {
             let hash = str_field(record, field::CONTENT_HASH)?;
@@ -423,7 +468,7 @@ impl Collection for EdgeCollection {
     }
 
     fn count(&self) -> Result<u64> {
-        let _guard = self.read_lock();
+        let _guard = self.read_lock()?;
         let n = self
             .shard
             .count(qdrant_edge::CountRequestBuilder::new().exact(true).build())
@@ -432,7 +477,7 @@ impl Collection for EdgeCollection {
     }
 
     fn document(&self, doc_id: &str) -> Result<Option<DocumentInfo>> {
-        let _guard = self.read_lock();
+        let _guard = self.read_lock()?;
         let first = ChunkId::new(doc_id, 0);
         let records = self
             .shard
@@ -515,18 +560,20 @@ impl Collection for EdgeCollection {
         }
         let doc_ids: Vec<&str> = docs.iter().map(|d| d.doc_id.as_str()).collect();
 
-        let _guard = self.write_lock();
-        for op in operations {
-            self.shard.update(op).map_err(vector_err)?;
-        }
-        self.shard.flush().map_err(vector_err)?;
-        self.keyword.apply(&doc_ids, &[], &keyword_chunks)?;
-        Ok(())
+        let _guard = self.write_lock()?;
+        let written = (|| -> Result<()> {
+            for op in operations {
+                self.shard.update(op).map_err(vector_err)?;
+            }
+            self.shard.flush().map_err(vector_err)?;
+            Ok(self.keyword.apply(&doc_ids, &[], &keyword_chunks)?)
+        })();
+        self.heal_after(written)
     }
 
     fn delete_document(&self, doc_id: &str) -> Result<usize> {
         let (first, end) = ChunkId::document_range(doc_id);
-        let _guard = self.write_lock();
+        let _guard = self.write_lock()?;
         let count = self
             .shard
             .count(
@@ -548,13 +595,16 @@ impl Collection for EdgeCollection {
                 }),
             ))
             .map_err(vector_err)?;
-        self.shard.flush().map_err(vector_err)?;
-        self.keyword.delete_document(doc_id)?;
-        Ok(count)
+        let deleted = self
+            .shard
+            .flush()
+            .map_err(vector_err)
+            .and_then(|()| self.keyword.delete_document(doc_id).map_err(Into::into));
+        self.heal_after(deleted).map(|()| count)
     }
 
     fn document_chunks(&self, doc_id: &str) -> Result<Vec<ChunkRecord>> {
-        let _guard = self.read_lock();
+        let _guard = self.read_lock()?;
         let mut chunks = Vec::new();
         let mut offset: Option<PointId> = None;
         loop {
@@ -583,7 +633,7 @@ impl Collection for EdgeCollection {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<DocumentInfo>, Option<String>)> {
-        let _guard = self.read_lock();
+        let _guard = self.read_lock()?;
         let mut request = ScrollRequestBuilder::new()
             .limit(limit.max(1))
             .filter(Self::first_chunks_filter())
@@ -593,9 +643,7 @@ impl Collection for EdgeCollection {
                 path(field::COUNT),
             ]));
         if let Some(cursor) = after {
-            let id: ChunkId = cursor.parse().map_err(|_| {
-                StoreError::Corrupt("the page cursor is not one this server returned".into())
-            })?;
+            let id: ChunkId = cursor.parse().map_err(|_| StoreError::InvalidCursor)?;
             request = request.offset(PointId::Uuid(id.uuid()));
         }
         let (records, next) = self.shard.scroll(request.build()).map_err(vector_err)?;
@@ -615,7 +663,7 @@ impl Collection for EdgeCollection {
                 self.meta.dim
             )));
         }
-        let _guard = self.read_lock();
+        let _guard = self.read_lock()?;
         let request = QueryRequestBuilder::new(k)
             .query(ScoringQuery::Vector(QueryEnum::Nearest(
                 qdrant_edge::NamedQuery::new(VectorInternal::from(vector.to_vec()), DENSE),
@@ -642,7 +690,7 @@ impl Collection for EdgeCollection {
     }
 
     fn keyword_search(&self, query: &EncEncoderIds, k: usize) -> Result<Vec<ScoredChunk>> {
-        let _guard = self.read_lock();
+        let _guard = self.read_lock()?;
         self.keyword
             .search(query, k)?
             .into_iter()
@@ -656,11 +704,12 @@ impl Collection for EdgeCollection {
     }
 
     fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkRecord>> {
-        let _guard = self.read_lock();
+        let _guard = self.read_lock()?;
         self.retrieve(ids)
     }
 
     fn optimize(&self) -> Result<()> {
+        let _guard = self.read_lock()?;
         self.shard.optimize().map_err(vector_err)?;
         Ok(())
     }

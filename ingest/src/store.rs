@@ -33,6 +33,8 @@ pub enum StoreError {
     },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("the page cursor is not one this server returned")]
+    InvalidCursor,
 }
 
 impl StoreError {

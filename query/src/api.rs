@@ -6,8 +6,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Query, Request, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State,
+};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -19,7 +22,9 @@ use eerag_shared::wire::{
     ErrorBody, ErrorDetail, FinishReason, Health, SearchRequest, SearchResponse, TokenEvent,
     UpsertRequest,
 };
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 
 use crate::auth::{Auth, Principal, Role};
 use crate::engine::{EngineError, GenerationEvent};
@@ -34,6 +39,9 @@ pub struct AppState {
     pub service: Service,
     pub metrics: Arc<Metrics>,
     pub auth: Auth,
+    /// Requests being handled; when none is left new ones get 503 at once
+    /// instead of piling up in memory.
+    pub in_flight: Arc<Semaphore>,
 }
 
 /// An error reply: status, stable code, message without plaintext.
@@ -76,11 +84,13 @@ impl From<ServiceError> for ApiError {
                 )
             }
             ServiceError::Store(e) => {
+                // Details (paths, storage messages) go to the operator's log
+                // only; the client learns that it may retry.
                 tracing::error!(error = %e, "store error");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",
-                    format!("the store failed: {e}"),
+                    "the store could not complete the request; nothing was acknowledged",
                 )
             }
         }
@@ -137,9 +147,104 @@ where
                     ApiError::new(
                         StatusCode::BAD_REQUEST,
                         "malformed_json",
-                        rejection.body_text(),
+                        redact_echo(&rejection.body_text()),
                     )
                 })
+            }
+        }
+    }
+}
+
+/// `Path` whose rejections are this API's JSON errors.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(rejection) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                redact_echo(&PathRejection::body_text(&rejection)),
+            )),
+        }
+    }
+}
+
+/// `Query` whose rejections are this API's JSON errors.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(rejection) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                redact_echo(&QueryRejection::body_text(&rejection)),
+            )),
+        }
+    }
+}
+
+/// A parser's error message with the values it quotes from the request
+/// replaced by `…`: field paths, positions and what was expected stay, so
+/// the message still says what is wrong without echoing request content.
+fn redact_echo(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    loop {
+        // Quoted values: "…" (strings) and `…` after "unknown field" /
+        // "unknown variant" (names from the request); other backquoted
+        // text is the schema's and stays.
+        let quote = rest.find('"');
+        let tick = ["unknown field `", "unknown variant `"]
+            .iter()
+            .filter_map(|p| rest.find(p).map(|i| (i, p.len())))
+            .min();
+        match (quote, tick) {
+            (Some(q), t) if t.is_none_or(|(i, _)| q < i) => {
+                out.push_str(&rest[..=q]);
+                match rest[q + 1..].find('"') {
+                    Some(end) => {
+                        out.push_str("…\"");
+                        rest = &rest[q + 1 + end + 1..];
+                    }
+                    None => {
+                        out.push('…');
+                        return out;
+                    }
+                }
+            }
+            (_, Some((i, len))) => {
+                out.push_str(&rest[..i + len]);
+                rest = &rest[i + len..];
+                match rest.find('`') {
+                    Some(end) => {
+                        out.push_str("…`");
+                        rest = &rest[end + 1..];
+                    }
+                    None => {
+                        out.push('…');
+                        return out;
+                    }
+                }
+            }
+            _ => {
+                out.push_str(rest);
+                return out;
             }
         }
     }
@@ -179,7 +284,11 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         )
         .route("/v1/collections/{name}/search", post(search))
         .route("/v1/collections/{name}/answer", post(answer))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_in_flight,
+        ));
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -200,14 +309,24 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_string();
+    // A fixed set, so a client cannot mint metric labels or log values.
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
     let started = Instant::now();
     let response = next.run(req).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     state
         .metrics
-        .observe_request(&route, &method, status, elapsed);
+        .observe_request(&route, method, status, elapsed);
     tracing::info!(
         %method,
         %route,
@@ -216,6 +335,22 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
         "request"
     );
     response
+}
+
+/// Refuses work beyond the in-flight limit with 503 + Retry-After.
+async fn limit_in_flight(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    match state.in_flight.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => {
+            state.metrics.rejected("request");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!("the server is at its request limit; retry after {RETRY_AFTER_SECS} s"),
+            )
+            .into_response()
+        }
+    }
 }
 
 async fn authenticate(
@@ -313,7 +448,7 @@ async fn list_collections(
 async fn delete_collection(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     require_write(&p)?;
     state.service.delete_collection(&p.tenant, &name).await?;
@@ -323,7 +458,7 @@ async fn delete_collection(
 async fn upsert(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<UpsertRequest>,
 ) -> ApiResult<impl IntoResponse> {
     require_write(&p)?;
@@ -339,8 +474,8 @@ struct PageQuery {
 async fn list_documents(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
-    Query(page): Query<PageQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(page): ApiQuery<PageQuery>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(
         state
@@ -353,7 +488,7 @@ async fn list_documents(
 async fn delete_document(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path((name, doc)): Path<(String, String)>,
+    ApiPath((name, doc)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<DeleteResponse>> {
     require_write(&p)?;
     let n = state
@@ -369,7 +504,7 @@ async fn delete_document(
 async fn export_document(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path((name, doc)): Path<(String, String)>,
+    ApiPath((name, doc)): ApiPath<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(
         state
@@ -382,7 +517,7 @@ async fn export_document(
 async fn search(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<SearchRequest>,
 ) -> ApiResult<Json<SearchResponse>> {
     let hits = state.service.search(&p.tenant, &name, body).await?;
@@ -392,7 +527,7 @@ async fn search(
 async fn answer(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<AnswerRequest>,
 ) -> ApiResult<Response> {
     let stream = body.stream;
@@ -465,4 +600,32 @@ async fn answer(
     Ok(Sse::new(sse)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_echo;
+
+    #[test]
+    fn parser_messages_keep_the_field_and_lose_the_value() {
+        let cases = [
+            (
+                r#"key_id: invalid type: string "SECRET", expected u32 at line 1 column 9"#,
+                r#"key_id: invalid type: string "…", expected u32 at line 1 column 9"#,
+            ),
+            (
+                "unknown field `SECRET`, expected one of `name`, `key_id`",
+                "unknown field `…`, expected one of `name`, `key_id`",
+            ),
+            (
+                "mode: unknown variant `SECRET`, expected `dense` or `keyword`",
+                "mode: unknown variant `…`, expected `dense` or `keyword`",
+            ),
+            ("missing field `query_ids`", "missing field `query_ids`"),
+            (r#"unterminated "SECRET"#, r#"unterminated "…"#),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact_echo(input), want);
+        }
+    }
 }

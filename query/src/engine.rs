@@ -194,7 +194,9 @@ impl Engine {
                 self.metrics.rejected("generate");
                 EngineError::Busy("generation")
             })?;
-        let (events, rx) = mpsc::channel(64);
+        // Room for every token plus the final event: a slow reader never
+        // stalls the shared generator (tokio allocates the buffer lazily).
+        let (events, rx) = mpsc::channel(options.max_tokens.saturating_add(2).max(2));
         self.generate_tx
             .try_send(GenerateJob {
                 prompt,

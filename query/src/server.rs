@@ -39,6 +39,9 @@ pub enum ServeError {
     OpenWithoutKeys(SocketAddr),
 }
 
+/// Default bound on API requests handled at once.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+
 /// Everything `eerag serve` is configured with.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -51,6 +54,8 @@ pub struct ServeConfig {
     /// Check every artifact file against its manifest hash at start-up.
     pub verify_artifacts: bool,
     pub max_body_bytes: usize,
+    /// API requests handled at once; more get 503 + Retry-After.
+    pub max_in_flight: usize,
     pub engine: EngineLimits,
     pub limits: ServiceLimits,
     /// How often the store's optimiser runs.
@@ -68,6 +73,7 @@ impl ServeConfig {
             auth: Auth::Local,
             verify_artifacts: true,
             max_body_bytes: 64 << 20,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             engine: EngineLimits::default(),
             limits: ServiceLimits::default(),
             optimize_every: Duration::from_secs(60),
@@ -157,6 +163,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         service,
         metrics,
         auth: config.auth,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
     });
     let app = router(state.clone(), config.max_body_bytes);
     let listener = TcpListener::bind(config.listen)

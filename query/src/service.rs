@@ -17,10 +17,14 @@ use eerag_shared::wire::{
     UpsertRequest, UpsertResponse, UsedChunk,
 };
 use eerag_shared::{EncEncoderIds, EncGeneratorIds, KeyId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::engine::{Engine, EngineError, GenerationEvent};
 use crate::metrics::Metrics;
+
+/// Store calls that may run at once; more wait for a slot (and the
+/// server's in-flight request limit bounds how many wait).
+pub const STORE_SLOTS: usize = 16;
 
 /// Reciprocal-rank fusion constant (Cormack et al., 2009).
 pub const RRF_K: f32 = 60.0;
@@ -103,16 +107,9 @@ pub struct Service {
     key_id: KeyId,
     metrics: Arc<Metrics>,
     limits: ServiceLimits,
-}
-
-/// Runs blocking store work off the async runtime.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ServiceError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ServiceError::Store(StoreError::Vector(format!("store task failed: {e}"))))?
-        .map_err(ServiceError::from)
+    /// Bounds the store calls running at once, so a burst of requests
+    /// waits here instead of filling the blocking thread pool.
+    store_slots: Arc<Semaphore>,
 }
 
 /// Checks an opaque client id: 1 to 128 characters of `[A-Za-z0-9_.-]`.
@@ -191,7 +188,26 @@ impl Service {
             key_id,
             metrics,
             limits,
+            store_slots: Arc::new(Semaphore::new(STORE_SLOTS)),
         }
+    }
+
+    /// Runs blocking store work off the async runtime, at most
+    /// [`STORE_SLOTS`] at once.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let _slot =
+            self.store_slots.acquire().await.map_err(|_| {
+                ServiceError::Store(StoreError::Vector("the store is closed".into()))
+            })?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| {
+                ServiceError::Store(StoreError::Vector(format!("store task failed: {e}")))
+            })?
+            .map_err(ServiceError::from)
     }
 
     /// The key id of the loaded artifacts.
@@ -230,7 +246,7 @@ impl Service {
         validate_name("a collection name", name)?;
         let store = self.store.clone();
         let full = Self::store_name(tenant, name);
-        blocking(move || store.collection(&full))
+        self.blocking(move || store.collection(&full))
             .await
             .map_err(|e| match e {
                 ServiceError::NotFound(_) => {
@@ -246,7 +262,7 @@ impl Service {
         c: Arc<dyn Collection>,
     ) -> Result<CollectionInfo, ServiceError> {
         let meta = c.meta().clone();
-        let chunks = blocking(move || c.count()).await?;
+        let chunks = self.blocking(move || c.count()).await?;
         let name = meta
             .name
             .strip_prefix(&format!("{tenant}."))
@@ -282,7 +298,8 @@ impl Service {
         let store = self.store.clone();
         let full = Self::store_name(tenant, name);
         let (key, dim) = (self.key_id, self.engine.facts().dim);
-        let c = blocking(move || store.create_collection(&full, key, dim))
+        let c = self
+            .blocking(move || store.create_collection(&full, key, dim))
             .await
             .map_err(|e| match e {
                 ServiceError::Conflict(_) => {
@@ -299,7 +316,7 @@ impl Service {
         tenant: &str,
     ) -> Result<Vec<CollectionInfo>, ServiceError> {
         let store = self.store.clone();
-        let all = blocking(move || store.collections()).await?;
+        let all = self.blocking(move || store.collections()).await?;
         let prefix = format!("{tenant}.");
         let mut out = Vec::new();
         for c in all {
@@ -315,7 +332,7 @@ impl Service {
         self.open(tenant, name).await?;
         let store = self.store.clone();
         let full = Self::store_name(tenant, name);
-        blocking(move || store.delete_collection(&full)).await
+        self.blocking(move || store.delete_collection(&full)).await
     }
 
     /// Validates, embeds and stores whole documents; returns once durable.
@@ -391,7 +408,7 @@ impl Service {
         for doc in &request.documents {
             let c = collection.clone();
             let id = doc.doc_id.clone();
-            let existing = blocking(move || c.document(&id)).await?;
+            let existing = self.blocking(move || c.document(&id)).await?;
             statuses.push(match existing {
                 Some(e) if e.content_hash == doc.content_hash && e.chunks == doc.chunks.len() => {
                     DocumentStatus::Unchanged
@@ -439,7 +456,7 @@ impl Service {
         let written: usize = docs.iter().map(|d| d.chunks.len()).sum();
         if !docs.is_empty() {
             let c = collection.clone();
-            blocking(move || c.put_documents(&docs)).await?;
+            self.blocking(move || c.put_documents(&docs)).await?;
         }
         self.metrics.add_chunks_written(written);
         Ok(UpsertResponse {
@@ -458,7 +475,9 @@ impl Service {
         validate_opaque("doc_id", doc_id)?;
         let collection = self.open(tenant, name).await?;
         let id = doc_id.to_string();
-        let n = blocking(move || collection.delete_document(&id)).await?;
+        let n = self
+            .blocking(move || collection.delete_document(&id))
+            .await?;
         if n == 0 {
             return Err(ServiceError::NotFound(format!(
                 "document {doc_id} does not exist"
@@ -478,7 +497,9 @@ impl Service {
         let collection = self.open(tenant, name).await?;
         let key_id = collection.meta().key_id;
         let id = doc_id.to_string();
-        let chunks = blocking(move || collection.document_chunks(&id)).await?;
+        let chunks = self
+            .blocking(move || collection.document_chunks(&id))
+            .await?;
         let content_hash = chunks
             .first()
             .map(|c| c.content_hash.clone())
@@ -510,10 +531,13 @@ impl Service {
     ) -> Result<DocumentList, ServiceError> {
         let collection = self.open(tenant, name).await?;
         let limit = limit.clamp(1, 1000);
-        let (docs, next) = blocking(move || collection.documents(after.as_deref(), limit))
+        let (docs, next) = self
+            .blocking(move || collection.documents(after.as_deref(), limit))
             .await
             .map_err(|e| match e {
-                ServiceError::Store(StoreError::Corrupt(m)) => invalid("invalid_cursor", m),
+                ServiceError::Store(StoreError::InvalidCursor) => {
+                    invalid("invalid_cursor", StoreError::InvalidCursor.to_string())
+                }
                 other => other,
             })?;
         Ok(DocumentList {
@@ -560,7 +584,10 @@ impl Service {
                     .pop()
                     .expect("one vector per sequence");
                 let c = collection.clone();
-                Some(blocking(move || c.dense_search(&vector, depth)).await?)
+                Some(
+                    self.blocking(move || c.dense_search(&vector, depth))
+                        .await?,
+                )
             }
             SearchMode::Keyword => None,
         };
@@ -568,7 +595,7 @@ impl Service {
             SearchMode::Keyword | SearchMode::Hybrid => {
                 let c = collection.clone();
                 let q = EncEncoderIds::new(collection.meta().key_id, query_ids);
-                Some(blocking(move || c.keyword_search(&q, depth)).await?)
+                Some(self.blocking(move || c.keyword_search(&q, depth)).await?)
             }
             SearchMode::Dense => None,
         };
@@ -581,7 +608,7 @@ impl Service {
         ranked.truncate(k);
         let ids: Vec<ChunkId> = ranked.iter().map(|h| h.chunk_id).collect();
         let c = collection.clone();
-        let records = blocking(move || c.chunks(&ids)).await?;
+        let records = self.blocking(move || c.chunks(&ids)).await?;
         let scores: HashMap<ChunkId, f32> = ranked.iter().map(|h| (h.chunk_id, h.score)).collect();
         Ok(records
             .into_iter()
@@ -748,7 +775,7 @@ impl Service {
     /// vacuuming); called from a background task.
     pub async fn optimize_all(&self) -> Result<(), ServiceError> {
         let store = self.store.clone();
-        blocking(move || {
+        self.blocking(move || {
             for c in store.collections()? {
                 c.optimize()?;
             }

@@ -515,6 +515,41 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!((r.status, r.code()), (404, "not_found"));
     let r = send(http.delete(url("/v1/collections/nope")));
     assert_eq!((r.status, r.code()), (404, "not_found"));
+    // Query-string and cursor mistakes are JSON errors too.
+    let r = send(http.get(url("/v1/collections/docs/documents?limit=many")));
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "invalid_query"),
+        "{}",
+        r.message()
+    );
+    let r = send(http.get(url("/v1/collections/docs/documents?after=nonsense")));
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "invalid_cursor"),
+        "{}",
+        r.message()
+    );
+    // A parser error names the field but never echoes what was sent.
+    for body in [
+        json!({"name": "docs", "key_id": "ECHOCANARY"}),
+        json!({"name": "docs", "ECHOCANARY": 1}),
+        with(&good_search, "/mode", json!("ECHOCANARY")),
+    ] {
+        let r = send(http.post(url("/v1/collections/docs/search")).json(&body));
+        assert_eq!((r.status, r.code()), (400, "malformed_json"));
+        assert!(!r.message().contains("ECHOCANARY"), "{}", r.message());
+    }
+    let r = send(
+        http.post(url("/v1/collections"))
+            .json(&json!({"name": "x", "key_id": "ECHOCANARY"})),
+    );
+    assert_eq!((r.status, r.code()), (400, "malformed_json"));
+    assert!(
+        r.message().contains("key_id") && !r.message().contains("ECHOCANARY"),
+        "{}",
+        r.message()
+    );
     assert_eq!(
         snapshot(&c, "docs"),
         before,

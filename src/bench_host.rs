@@ -77,16 +77,16 @@ fn corpus(round: usize, copies: usize) -> Vec<TextDocument> {
     (0..copies)
         .flat_map(|copy| {
             let paragraphs = &paragraphs;
-            crate::workload::SAMPLE_DOCS
-                .iter()
-                .map(move |(name, _)| TextDocument {
-                    title: format!("{name} (round {round}, copy {copy})"),
-                    chunks: paragraphs
+            crate::workload::SAMPLE_DOCS.iter().map(move |(name, _)| {
+                TextDocument::from_chunks(
+                    format!("{name} (round {round}, copy {copy})"),
+                    paragraphs
                         .iter()
                         .filter(|(n, _)| n == name)
                         .map(|(_, p)| format!("Copy {copy}. {p}"))
                         .collect(),
-                })
+                )
+            })
         })
         .collect()
 }

@@ -1,152 +1,223 @@
-//! `eerag demo`: the whole EE round trip in one process, on the sample corpus.
-//!
-//! The client side encrypts; the host side (transformed models) only ever
-//! sees ciphertext ids; the plaintext pipeline runs beside it so the user can
-//! see the outputs are the same.
+//! `eerag demo`: the whole product in one process, on the sample corpus. A
+//! throwaway key, host artifacts, a host on the embedded store (in-process,
+//! reached over HTTP like any remote host), the upload job, three questions
+//! — and, side by side, what the user saw and what the host saw.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
+use eerag_ingest::client::{Answer, AskOptions, EncryptedClient};
+use eerag_ingest::remote::HostClient;
+use eerag_ingest::upload::{self, UploadOptions};
+use eerag_query::server::{BackgroundServer, ServeConfig};
 use eerag_shared::models::fetch;
-use eerag_shared::models::GenerationOptions;
-use eerag_shared::sampling::Sampling;
-use eerag_shared::tokenize::chatml_prompt;
+use eerag_shared::{transform, Key};
 
-use crate::workload::{sample_paragraphs, Pair};
+use crate::workload::SAMPLE_DOCS;
 use crate::ModelsArg;
 
-/// The demo's default question.
-pub const DEFAULT_QUESTION: &str =
-    "What should staff do if the vaccine refrigerator gets too warm?";
+/// The demo's questions, each answered by one of the sample documents.
+pub const QUESTIONS: [&str; 3] = [
+    "What should staff do if the vaccine refrigerator gets too warm?",
+    "What does the engagement letter say about fees?",
+    "What caused the incident and what was changed afterwards?",
+];
 
-const SYSTEM: &str = "You are a helpful assistant. Answer the question using only the context.";
+const COLLECTION: &str = "sample";
 
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// Runs the demo.
-pub fn run(models: &ModelsArg, question: &str) -> Result<()> {
+/// Runs the demo; `questions` replace the default ones when given. The
+/// working files go to `keep` when given, else to a temporary folder that
+/// is removed at the end.
+pub fn run(models: &ModelsArg, questions: &[String], keep: Option<&Path>) -> Result<()> {
+    let started = Instant::now();
     let dir = models.resolve();
     fetch::fetch(&dir, |line| eprintln!("{line}"))?;
-    let pair = Pair::prepare(&dir)?;
-    let c = &pair.sides.cipher;
+    let temp;
+    let work: PathBuf = match keep {
+        Some(p) => {
+            std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+            p.to_path_buf()
+        }
+        None => {
+            temp = tempfile::Builder::new().prefix("eerag-demo-").tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+
+    // Client side: a key, and the host artifacts made from it.
+    let key = Key::generate()?;
+    let artifacts = work.join("host-artifacts");
+    let t = Instant::now();
+    transform::transform(
+        &key,
+        &dir.encoder_dir(),
+        &dir.generator_gguf(),
+        &artifacts,
+        true,
+    )?;
     println!(
-        "key {} (throwaway), host artifacts written in {:.1} s",
-        c.key_id(),
-        pair.transform_secs
+        "1. made a throwaway key {} and the host's transformed models in {:.1} s",
+        key.id(),
+        t.elapsed().as_secs_f64()
     );
 
-    // Client: tokenize and encrypt the corpus and the question.
-    let paragraphs = sample_paragraphs();
-    ensure!(!paragraphs.is_empty(), "the sample corpus is empty");
-    let tok = &pair.sides.encoder_tokenizer;
-    let plain_ids: Vec<Vec<u32>> = paragraphs
-        .iter()
-        .map(|(_, p)| tok.encode(p))
-        .collect::<Result<_, _>>()?;
-    let enc_ids = plain_ids
-        .iter()
-        .map(|ids| c.encrypt_encoder(ids))
-        .collect::<Result<Vec<_>, _>>()?;
-    let q_plain = tok.encode(question)?;
-    let q_enc = c.encrypt_encoder(&q_plain)?;
+    // Host side: holds the artifacts and the store, never the key.
+    let t = Instant::now();
+    let server = BackgroundServer::start(ServeConfig::local(artifacts, work.join("host-data")))?;
+    println!(
+        "2. started a host at {} on the embedded store ({:.1} s); it has no key and no tokenizer",
+        server.url(),
+        t.elapsed().as_secs_f64()
+    );
+    let client = EncryptedClient::connect(HostClient::new(&server.url(), None)?, &key, &dir)?;
 
-    // Host: embeds ciphertext with the transformed encoder.
-    let started = Instant::now();
-    let enc_refs: Vec<&[u32]> = enc_ids.iter().map(|e| e.ids()).collect();
-    let host_vectors = pair.sides.host_encoder.embed(&enc_refs, 32)?;
-    let host_query = &pair.sides.host_encoder.embed(&[q_enc.ids()], 1)?[0];
-    let host_secs = started.elapsed().as_secs_f64();
-    // Plaintext pipeline for comparison.
-    let plain_refs: Vec<&[u32]> = plain_ids.iter().map(Vec::as_slice).collect();
-    let plain_vectors = pair.sides.plain_encoder.embed(&plain_refs, 32)?;
-    let plain_query = &pair.sides.plain_encoder.embed(&[&q_plain], 1)?[0];
+    // Upload the sample corpus through the real upload job.
+    let corpus = sample_corpus(&work)?;
+    let summary = upload::upload(
+        &client,
+        COLLECTION,
+        std::slice::from_ref(&corpus),
+        &UploadOptions::default(),
+        |_| {},
+    )?;
+    ensure!(summary.complete(), "the sample corpus did not upload");
+    println!(
+        "3. uploaded {} files from {} as {} encrypted chunks in {:.1} s",
+        summary.uploaded,
+        corpus.display(),
+        summary.chunks,
+        summary.seconds
+    );
 
-    let mut max_err = 0f32;
-    for (h, p) in host_vectors.iter().zip(&plain_vectors) {
-        let expected = c.rotation().rotate(p);
-        for (a, b) in h.iter().zip(&expected) {
-            max_err = max_err.max((a - b).abs());
+    let questions: Vec<String> = if questions.is_empty() {
+        QUESTIONS.iter().map(|q| q.to_string()).collect()
+    } else {
+        questions.to_vec()
+    };
+    let options = AskOptions {
+        k: 2,
+        max_tokens: 96,
+        ..AskOptions::default()
+    };
+    let mut first: Option<(String, Answer)> = None;
+    for (i, question) in questions.iter().enumerate() {
+        println!("\nQ{}: {question}", i + 1);
+        print!("A:  ");
+        let answer = client.ask(COLLECTION, question, &options, |text| {
+            use std::io::Write;
+            print!("{}", text.replace('\n', "\n    "));
+            let _ = std::io::stdout().flush();
+        })?;
+        println!();
+        for s in &answer.sources {
+            println!(
+                "    source: {} — {} (chunk {}/{}, score {:.4})",
+                s.metadata.path,
+                s.metadata.title,
+                s.metadata.chunk + 1,
+                s.metadata.chunks,
+                s.score
+            );
+        }
+        if first.is_none() {
+            first = Some((question.clone(), answer));
         }
     }
-    let rank = |q: &[f32], vs: &[Vec<f32>]| {
-        let mut order: Vec<(usize, f32)> = vs.iter().map(|v| cosine(q, v)).enumerate().collect();
-        order.sort_by(|a, b| b.1.total_cmp(&a.1));
-        order
-    };
-    let host_rank = rank(host_query, &host_vectors);
-    let plain_rank = rank(plain_query, &plain_vectors);
-    let same_rank = host_rank
-        .iter()
-        .map(|r| r.0)
-        .eq(plain_rank.iter().map(|r| r.0));
-    println!(
-        "embedded {} encrypted paragraphs on the host in {:.2} s; max |host − R·plain| = {:.1e}; rankings identical: {}",
-        paragraphs.len(),
-        host_secs,
-        max_err,
-        same_rank
-    );
-    ensure!(same_rank, "encrypted and plaintext rankings differ");
-    println!("\nquestion: {question}");
-    println!(
-        "host saw encoder ids: {:?} …",
-        &q_enc.ids()[..q_enc.len().min(8)]
-    );
-    for (i, score) in host_rank.iter().take(3) {
-        let (doc, p) = &paragraphs[*i];
-        let preview: String = p.chars().take(90).collect();
-        println!("  {score:.3}  {doc}: {preview}…");
+    if let Some((question, answer)) = &first {
+        side_by_side(&client, question, answer, &options)?;
     }
+    drop(client);
+    server.stop()?;
+    match keep {
+        Some(p) => println!(
+            "\nleft the key-less host's artifacts and data in {}",
+            p.display()
+        ),
+        None => println!("\nremoved the demo's temporary files"),
+    }
+    println!("done in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
 
-    // Client: build the prompt from the top paragraph, encrypt it.
-    let gtok = &pair.sides.generator_tokenizer;
-    let context = &paragraphs[host_rank[0].0].1;
-    let user = format!("Context:\n{context}\n\nQuestion: {question}");
-    let prompt = chatml_prompt(gtok, SYSTEM, &user)?;
-    let enc_prompt = c.encrypt_generator(&prompt)?;
-    let im_end = gtok
-        .special_id("<|im_end|>")
-        .ok_or_else(|| anyhow::anyhow!("generator has no <|im_end|> token"))?;
-    let options = |stop: u32| GenerationOptions {
-        max_tokens: 96,
-        stop_ids: vec![stop],
-        sampling: Sampling::Greedy,
+/// The bundled sample corpus: the repository's `datasets/sample` when run
+/// from a checkout, else the copy compiled into the binary.
+fn sample_corpus(work: &Path) -> Result<PathBuf> {
+    let local = PathBuf::from("datasets/sample");
+    if local.is_dir() {
+        return Ok(local);
+    }
+    let copy = work.join("sample");
+    std::fs::create_dir_all(&copy)?;
+    for (name, text) in SAMPLE_DOCS {
+        std::fs::write(copy.join(name), text)?;
+    }
+    Ok(copy)
+}
+
+/// The first question as the user saw it and as the host saw it.
+fn side_by_side(
+    client: &EncryptedClient,
+    question: &str,
+    answer: &Answer,
+    options: &AskOptions,
+) -> Result<()> {
+    let request = client.encrypt_question(question, options)?;
+    let ids = |v: &[u32], n: usize| {
+        let shown: Vec<String> = v.iter().take(n).map(u32::to_string).collect();
+        format!(
+            "[{}{}] ({} ids)",
+            shown.join(", "),
+            if v.len() > n { ", …" } else { "" },
+            v.len()
+        )
     };
-
-    // Host: generates in ciphertext id space.
-    let started = Instant::now();
-    let host_out = pair.sides.host_generator.session().generate(
-        enc_prompt.ids(),
-        &options(c.encrypt_generator(&[im_end])?.ids()[0]),
-        |_| true,
-    )?;
-    let host_secs = started.elapsed().as_secs_f64();
-    let host_tokens = eerag_shared::EncGeneratorIds::new(c.key_id(), host_out.tokens);
-    // Plaintext pipeline for comparison.
-    let plain_out =
-        pair.sides
-            .plain_generator
-            .session()
-            .generate(&prompt, &options(im_end), |_| true)?;
-
-    let decrypted = c.decrypt_generator(&host_tokens)?;
+    let cut = |s: &str, n: usize| {
+        let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
+        if flat.chars().count() > n {
+            format!("{}…", flat.chars().take(n).collect::<String>())
+        } else {
+            flat
+        }
+    };
+    let source = answer.sources.first();
+    let rows = [
+        (
+            "question",
+            cut(question, 44),
+            ids(&request.question.encoder_ids, 6),
+        ),
+        (
+            "source",
+            source
+                .map(|s| cut(&format!("{}: {}", s.metadata.path, s.metadata.preview), 44))
+                .unwrap_or_default(),
+            answer
+                .summary
+                .chunks
+                .first()
+                .map(|c| {
+                    format!(
+                        "doc {}…, {} sealed bytes",
+                        &c.doc_id[..12.min(c.doc_id.len())],
+                        c.metadata.len()
+                    )
+                })
+                .unwrap_or_default(),
+        ),
+        (
+            "answer",
+            cut(&answer.text, 44),
+            ids(&answer.encrypted_ids, 6),
+        ),
+    ];
+    println!("\nWhat you saw, and what the host saw, for Q1:");
+    println!("  {:<9} {:<46} the host", "", "you (client, with the key)");
+    for (what, mine, host) in rows {
+        println!("  {what:<9} {mine:<46} {host}");
+    }
     println!(
-        "\nhost generated {} encrypted tokens in {:.1} s from a {}-token encrypted prompt; first ids: {:?} …",
-        host_tokens.len(),
-        host_secs,
-        prompt.len(),
-        &host_tokens.ids()[..host_tokens.len().min(8)]
+        "  The same ids mean other words under another key; the host's vectors are rotated by the key too."
     );
-    println!(
-        "client decrypted answer:\n  {}",
-        gtok.decode(&decrypted)?
-            .trim_end_matches("<|im_end|>")
-            .trim()
-    );
-    let same = decrypted == plain_out.tokens;
-    println!("identical to the plaintext pipeline's answer: {same}");
-    ensure!(same, "encrypted and plaintext generations differ");
     Ok(())
 }

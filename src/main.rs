@@ -2,7 +2,9 @@
 
 mod bench;
 mod bench_host;
+mod client_cmds;
 mod demo;
+mod gateway;
 mod serve;
 mod workload;
 
@@ -62,20 +64,34 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// End-to-end encrypted demo on the bundled sample corpus, side by side
-    /// with the plaintext pipeline.
+    /// The whole thing on the bundled sample corpus: key, host artifacts, an
+    /// in-process host, upload, three questions, and what the host saw.
     Demo {
         #[command(flatten)]
         models: ModelsArg,
-        /// Question to ask about the sample corpus.
-        #[arg(long, default_value = demo::DEFAULT_QUESTION)]
-        question: String,
+        /// Ask this instead of the three built-in questions (repeatable).
+        #[arg(long)]
+        question: Vec<String>,
+        /// Keep the working files (artifacts, host data) in this folder
+        /// instead of a temporary one.
+        #[arg(long)]
+        keep: Option<PathBuf>,
     },
     /// Measure encrypted vs plaintext speed side by side.
     Bench(bench::BenchArgs),
     /// Run the host: the REST API over the embedded store and the transformed
     /// models. Takes host artifacts only: it has no key and no tokenizer.
     Serve(serve::ServeArgs),
+    /// Read, chunk, encrypt and upload files and folders (client side).
+    Upload(client_cmds::UploadArgs),
+    /// Search a collection: encrypt the query, decrypt the hits.
+    Search(client_cmds::SearchArgs),
+    /// Ask a question: the answer streams in as the host generates it, then
+    /// its sources.
+    Ask(client_cmds::AskArgs),
+    /// A local OpenAI-compatible endpoint (/v1/models, /v1/chat/completions,
+    /// /v1/embeddings) that encrypts for the host and decrypts its answers.
+    Gateway(gateway::GatewayArgs),
     /// Print the SHA-256 of an API token, for the server's `[[api_keys]]`.
     HashToken {
         /// The bearer token clients will send.
@@ -186,9 +202,17 @@ fn main() -> Result<()> {
                 manifest.generator.vocab_size
             );
         }
-        Command::Demo { models, question } => demo::run(&models, &question)?,
+        Command::Demo {
+            models,
+            question,
+            keep,
+        } => demo::run(&models, &question, keep.as_deref())?,
         Command::Bench(args) => bench::run(&args)?,
         Command::Serve(args) => serve::run(args)?,
+        Command::Upload(args) => client_cmds::upload(&args)?,
+        Command::Search(args) => client_cmds::search(&args)?,
+        Command::Ask(args) => client_cmds::ask(&args)?,
+        Command::Gateway(args) => gateway::run(args)?,
         Command::HashToken { token } => println!("{}", eerag_query::auth::hash_token(&token)),
     }
     Ok(())

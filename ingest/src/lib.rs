@@ -1,13 +1,18 @@
 //! Host-side storage of encrypted chunks (vector store + keyword index behind
-//! one trait); on the client side, the API client that encrypts before it
-//! sends ([`client`]) over the ciphertext-only HTTP client ([`remote`]).
+//! one trait); on the client side, reading and cutting files ([`extract`],
+//! [`chunking`]), the upload job ([`upload`]) and the API client that
+//! encrypts before it sends ([`client`]) over the ciphertext-only HTTP
+//! client ([`remote`]).
 
+pub mod chunking;
 pub mod client;
 pub mod edge_store;
+pub mod extract;
 pub mod keyword;
 pub mod ranking;
 pub mod remote;
 pub mod store;
+pub mod upload;
 
 pub use edge_store::EdgeStore;
 pub use store::{Collection, Store, StoreError};

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use eerag_shared::wire::{
     AnswerRequest, AnswerResponse, AnswerSummary, CollectionInfo, CollectionList, CreateCollection,
-    DeleteResponse, DocumentExport, DocumentList, ErrorBody, Health, SearchHit, SearchRequest,
-    SearchResponse, TokenEvent, UpsertRequest, UpsertResponse,
+    DeleteResponse, DocumentExport, DocumentList, EmbedRequest, EmbedResponse, ErrorBody, Health,
+    SearchHit, SearchRequest, SearchResponse, TokenEvent, UpsertRequest, UpsertResponse,
 };
 use eerag_shared::KeyId;
 use reqwest::blocking::{Client, RequestBuilder, Response};
@@ -223,6 +223,16 @@ impl HostClient {
             .json(request),
         )?;
         Ok(response.hits)
+    }
+
+    /// `POST /v1/embed`: vectors (in the key's rotated space) for encrypted
+    /// encoder ids.
+    pub fn embed(&self, request: &EmbedRequest) -> Result<Vec<Vec<f32>>> {
+        let response: EmbedResponse = Self::json(
+            self.auth(self.http.post(self.url("/v1/embed")))
+                .json(request),
+        )?;
+        Ok(response.vectors)
     }
 
     /// `POST /v1/collections/{name}/answer` without streaming.

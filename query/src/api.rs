@@ -19,8 +19,8 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use eerag_shared::wire::{
     AnswerRequest, AnswerResponse, AnswerSummary, CollectionList, CreateCollection, DeleteResponse,
-    ErrorBody, ErrorDetail, FinishReason, Health, SearchRequest, SearchResponse, TokenEvent,
-    UpsertRequest,
+    EmbedRequest, EmbedResponse, ErrorBody, ErrorDetail, FinishReason, Health, SearchRequest,
+    SearchResponse, TokenEvent, UpsertRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -283,6 +283,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             get(export_document),
         )
         .route("/v1/collections/{name}/search", post(search))
+        .route("/v1/embed", post(embed))
         .route("/v1/collections/{name}/answer", post(answer))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route_layer(middleware::from_fn_with_state(
@@ -453,6 +454,15 @@ async fn delete_collection(
     require_write(&p)?;
     state.service.delete_collection(&p.tenant, &name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn embed(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<EmbedRequest>,
+) -> ApiResult<Json<EmbedResponse>> {
+    Ok(Json(EmbedResponse {
+        vectors: state.service.embed(body).await?,
+    }))
 }
 
 async fn upsert(

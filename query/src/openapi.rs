@@ -18,6 +18,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/collections/{name}/documents/{doc}/chunks"),
     ("post", "/v1/collections/{name}/search"),
     ("post", "/v1/collections/{name}/answer"),
+    ("post", "/v1/embed"),
 ];
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use eerag_ingest::store::{
 use eerag_shared::models::{GenerationOptions, StopReason};
 use eerag_shared::wire::{
     AnswerRequest, CollectionInfo, DocumentExport, DocumentList, DocumentResult, DocumentStatus,
-    DocumentSummary, FinishReason, SearchHit, SearchMode, SearchRequest, StoredChunk,
+    DocumentSummary, EmbedRequest, FinishReason, SearchHit, SearchMode, SearchRequest, StoredChunk,
     UpsertRequest, UpsertResponse, UsedChunk,
 };
 use eerag_shared::{EncEncoderIds, EncGeneratorIds, KeyId};
@@ -78,6 +78,8 @@ pub struct ServiceLimits {
     pub max_answer_k: usize,
     /// `max_tokens` of an answer.
     pub max_new_tokens: usize,
+    /// Sequences in one embed request.
+    pub max_embed_inputs: usize,
 }
 
 impl Default for ServiceLimits {
@@ -88,6 +90,7 @@ impl Default for ServiceLimits {
             max_search_k: 1000,
             max_answer_k: 20,
             max_new_tokens: 2048,
+            max_embed_inputs: 256,
         }
     }
 }
@@ -617,6 +620,40 @@ impl Service {
                 (r, s)
             })
             .collect())
+    }
+
+    /// Embeds encrypted encoder ids without storing them (the vectors stay
+    /// in the key's rotated space).
+    pub async fn embed(&self, request: EmbedRequest) -> Result<Vec<Vec<f32>>, ServiceError> {
+        if request.key_id != self.key_id {
+            return Err(invalid(
+                "key_mismatch",
+                format!(
+                    "the request is encrypted under key {}, this host's models under key {}",
+                    request.key_id, self.key_id
+                ),
+            ));
+        }
+        if request.inputs.is_empty() || request.inputs.len() > self.limits.max_embed_inputs {
+            return Err(invalid(
+                "invalid_inputs",
+                format!(
+                    "send 1 to {} inputs per request",
+                    self.limits.max_embed_inputs
+                ),
+            ));
+        }
+        let facts = self.engine.facts();
+        for (i, ids) in request.inputs.iter().enumerate() {
+            check_ids(
+                &format!("inputs[{i}]"),
+                ids,
+                facts.encoder_vocab,
+                facts.encoder_max_tokens,
+                false,
+            )?;
+        }
+        Ok(self.engine.embed(request.inputs).await?)
     }
 
     /// Searches a collection.

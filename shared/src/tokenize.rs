@@ -77,6 +77,17 @@ impl EncoderTokenizer {
             .to_vec())
     }
 
+    /// Byte ranges in `text` of its tokens (no `[CLS]`/`[SEP]`, no
+    /// truncation): where a chunker may cut a document.
+    pub fn token_offsets(&self, text: &str) -> Result<Vec<(usize, usize)>> {
+        Ok(self
+            .untruncated
+            .encode(text, false)
+            .map_err(tok_err)?
+            .get_offsets()
+            .to_vec())
+    }
+
     /// Ids back to text (special tokens dropped).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(tok_err)

@@ -166,6 +166,23 @@ fn default_k() -> usize {
     10
 }
 
+/// `POST /v1/embed`: vectors for encrypted encoder ids, without storing
+/// anything. They are in the key's rotated space: only the key holder can
+/// turn them into the public model's embeddings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedRequest {
+    pub key_id: KeyId,
+    /// Encrypted encoder ids, one sequence per input (at most 256).
+    pub inputs: Vec<Vec<u32>>,
+}
+
+/// Reply to `POST /v1/embed`, one vector per input, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EmbedResponse {
+    pub vectors: Vec<Vec<f32>>,
+}
+
 /// `POST /v1/collections/{name}/search`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod client;
+mod gateway;
 mod serve;
 
 fn eerag(args: &[&str]) -> Output {

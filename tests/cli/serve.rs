@@ -18,14 +18,14 @@ use eerag_shared::Key;
 use crate::{eerag, models_dir, path, stderr};
 
 /// A key and its host artifacts, made with the CLI like a user would.
-struct Setup {
-    dir: tempfile::TempDir,
-    key: Key,
-    artifacts: PathBuf,
-    models: ModelsDir,
+pub(crate) struct Setup {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) key: Key,
+    pub(crate) artifacts: PathBuf,
+    pub(crate) models: ModelsDir,
 }
 
-fn setup() -> Setup {
+pub(crate) fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let key_path = dir.path().join("client.eekey");
     let artifacts = dir.path().join("artifacts");
@@ -51,16 +51,16 @@ fn setup() -> Setup {
 }
 
 /// A running `eerag serve`; its stdout and stderr go to files.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     stdout: PathBuf,
     stderr: PathBuf,
 }
 
 impl Server {
     /// Starts a server on a free loopback port and waits until it listens.
-    fn start(artifacts: &Path, data: &Path, logs: &Path, rust_log: &str) -> Server {
+    pub(crate) fn start(artifacts: &Path, data: &Path, logs: &Path, rust_log: &str) -> Server {
         std::fs::create_dir_all(logs).unwrap();
         let n = std::fs::read_dir(logs).unwrap().count();
         let stdout = logs.join(format!("stdout-{n}.log"));
@@ -108,7 +108,7 @@ impl Server {
         }
     }
 
-    fn client(&self, setup: &Setup) -> EncryptedClient {
+    pub(crate) fn client(&self, setup: &Setup) -> EncryptedClient {
         EncryptedClient::connect(
             HostClient::new(&self.url, None).unwrap(),
             &setup.key,
@@ -118,7 +118,7 @@ impl Server {
     }
 
     /// SIGTERM, and wait for a clean exit.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
             .args(["-TERM", &pid])
@@ -183,15 +183,15 @@ fn sample_documents() -> Vec<TextDocument> {
     names.sort();
     names
         .into_iter()
-        .map(|name| TextDocument {
-            chunks: std::fs::read_to_string(dir.join(&name))
+        .map(|name| {
+            let chunks = std::fs::read_to_string(dir.join(&name))
                 .unwrap()
                 .split("\n\n")
                 .map(str::trim)
                 .filter(|p| !p.is_empty())
                 .map(String::from)
-                .collect(),
-            title: name,
+                .collect();
+            TextDocument::from_chunks(name, chunks)
         })
         .collect()
 }
@@ -206,14 +206,14 @@ const CANARIES: [&str; 4] = [
 
 fn canary_corpus() -> Vec<TextDocument> {
     let mut docs = sample_documents();
-    docs.push(TextDocument {
-        title: "Quorvantine protocol.md".into(),
-        chunks: vec![
+    docs.push(TextDocument::from_chunks(
+        "Quorvantine protocol.md",
+        vec![
             "The Quorvantine protocol governs the zephyrlaminate vault in the east wing.".into(),
             "Only Mirabundel Oskarvane may open the vault; the passphrase is Blixtrombe.".into(),
             "The vault is inspected every ninth day by two officers.".into(),
         ],
-    });
+    ));
     docs
 }
 
@@ -261,7 +261,7 @@ fn the_host_never_prints_or_stores_plaintext() {
     assert!(answer
         .sources
         .iter()
-        .any(|s| s.title == "Quorvantine protocol.md"));
+        .any(|s| s.metadata.title == "Quorvantine protocol.md"));
     let request = client
         .encrypt_question("Who inspects the vault?", &AskOptions::default())
         .unwrap();
@@ -317,8 +317,7 @@ fn the_host_never_prints_or_stores_plaintext() {
         "scanned {scanned} files, {scanned_bytes} bytes"
     );
     // The same scan finds the canaries where they are: on the client side.
-    let plain_sent =
-        serde_json::to_vec(&docs.iter().map(|d| &d.chunks).collect::<Vec<_>>()).unwrap();
+    let plain_sent = serde_json::to_vec(&docs.iter().map(|d| &d.text).collect::<Vec<_>>()).unwrap();
     assert!(contains_ignoring_ascii_case(&plain_sent, CANARIES[0]));
 }
 
@@ -357,9 +356,9 @@ fn synthetic_document(n: usize, chunks: usize) -> TextDocument {
         state ^= state << 17;
         state
     };
-    TextDocument {
-        title: format!("record-{n}.txt"),
-        chunks: (0..chunks)
+    TextDocument::from_chunks(
+        format!("record-{n}.txt"),
+        (0..chunks)
             .map(|c| {
                 let words: Vec<&str> = (0..40)
                     .map(|_| WORDS[(next() % WORDS.len() as u64) as usize])
@@ -367,7 +366,7 @@ fn synthetic_document(n: usize, chunks: usize) -> TextDocument {
                 format!("Record {n} part {c}: {}.", words.join(" "))
             })
             .collect(),
-    }
+    )
 }
 
 #[test]
@@ -486,17 +485,22 @@ fn verify(client: &EncryptedClient, acknowledged: &BTreeMap<String, UpsertReques
             assert_eq!(s.generator_ids, c.generator_ids);
             assert_eq!(s.metadata, c.metadata);
         }
-        let meta = client
-            .open_metadata(doc_id, 0, &sent.chunks[0].metadata)
+        let ids = client
+            .cipher()
+            .decrypt_generator(&eerag_shared::EncGeneratorIds::new(
+                client.cipher().key_id(),
+                sent.chunks[0].generator_ids.clone(),
+            ))
             .unwrap();
+        let text = client.generator_tokenizer().decode(&ids).unwrap();
         // The chunk's own text: its vector is the nearest, and its ids are
         // in the keyword index (near the top; BM25 may prefer a longer chunk).
         let dense = client
-            .search("ledger", &meta.text, 1, SearchMode::Dense)
+            .search("ledger", &text, 1, SearchMode::Dense)
             .unwrap();
         assert_eq!(dense[0].doc_id, *doc_id, "dense search misses {doc_id}");
         let keyword = client
-            .search("ledger", &meta.text, 10, SearchMode::Keyword)
+            .search("ledger", &text, 10, SearchMode::Keyword)
             .unwrap();
         assert!(
             keyword.iter().any(|h| h.doc_id == *doc_id),

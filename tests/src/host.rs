@@ -78,14 +78,15 @@ pub fn sample_documents() -> Vec<TextDocument> {
         ),
     ]
     .into_iter()
-    .map(|(title, text)| TextDocument {
-        title: title.into(),
-        chunks: text
-            .split("\n\n")
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(String::from)
-            .collect(),
+    .map(|(title, text)| {
+        TextDocument::from_chunks(
+            title,
+            text.split("\n\n")
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect(),
+        )
     })
     .collect()
 }

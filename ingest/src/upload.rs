@@ -1,0 +1,479 @@
+//! The upload job (client side): find files, read and cut them, encrypt,
+//! and send them to the host in batches with retries. Idempotent and
+//! resumable: a document's id is the keyed hash of its text, and documents
+//! the collection already holds unchanged are not sent again.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use eerag_shared::wire::DocumentUpload;
+use serde::Serialize;
+
+use crate::chunking::ChunkingOptions;
+use crate::client::{ClientError, EncryptedClient, TextDocument};
+use crate::extract::FileKind;
+use crate::remote::RemoteError;
+
+/// How to upload.
+#[derive(Clone, Debug)]
+pub struct UploadOptions {
+    pub chunking: ChunkingOptions,
+    /// Chunks per request (a larger document goes alone in its request:
+    /// documents are replaced atomically, so never split across two).
+    pub batch_chunks: usize,
+    /// Tries per request when the host is busy (503) or unreachable.
+    pub attempts: u32,
+    /// The first wait between tries, doubled each time (a 503's
+    /// Retry-After wins when longer).
+    pub backoff: Duration,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        Self {
+            chunking: ChunkingOptions::default(),
+            batch_chunks: 64,
+            attempts: 6,
+            backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What happened to one file.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum FileStatus {
+    /// Sent and acknowledged (the host wrote it, or found it unchanged).
+    Uploaded {
+        chunks: usize,
+        encoder_tokens: usize,
+        generator_tokens: usize,
+    },
+    /// The collection already holds this exact document.
+    Unchanged,
+    /// Same text as another file of this run (named), which holds it.
+    Duplicate { of: String },
+    /// Not read: unsupported, unreadable, binary, empty.
+    Skipped { reason: String },
+    /// Read but not acknowledged by the host.
+    NotUploaded { reason: String },
+}
+
+/// One file's outcome.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FileOutcome {
+    pub path: String,
+    #[serde(flatten)]
+    pub status: FileStatus,
+}
+
+/// What an upload did, for the summary line and `--json`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UploadSummary {
+    pub files: usize,
+    pub uploaded: usize,
+    pub unchanged: usize,
+    pub duplicates: usize,
+    pub skipped: usize,
+    pub not_uploaded: usize,
+    pub chunks: usize,
+    pub encoder_tokens: usize,
+    pub generator_tokens: usize,
+    pub seconds: f64,
+    pub chunks_per_sec: f64,
+    /// Why the upload stopped early (host unreachable, refused), if it did:
+    /// files after that point were not sent; running again resumes.
+    pub stopped: Option<String>,
+    pub outcomes: Vec<FileOutcome>,
+}
+
+impl UploadSummary {
+    /// True when every readable file is in the collection.
+    pub fn complete(&self) -> bool {
+        self.stopped.is_none() && self.not_uploaded == 0
+    }
+
+    fn record(&mut self, outcome: FileOutcome) {
+        match &outcome.status {
+            FileStatus::Uploaded {
+                chunks,
+                encoder_tokens,
+                generator_tokens,
+            } => {
+                self.uploaded += 1;
+                self.chunks += chunks;
+                self.encoder_tokens += encoder_tokens;
+                self.generator_tokens += generator_tokens;
+            }
+            FileStatus::Unchanged => self.unchanged += 1,
+            FileStatus::Duplicate { .. } => self.duplicates += 1,
+            FileStatus::Skipped { .. } => self.skipped += 1,
+            FileStatus::NotUploaded { .. } => self.not_uploaded += 1,
+        }
+        self.outcomes.push(outcome);
+    }
+}
+
+/// Progress as the upload goes (for a progress bar).
+#[derive(Debug)]
+pub enum Progress<'a> {
+    /// Files found; the work is this many files.
+    Found { files: usize },
+    /// One file is settled.
+    File(&'a FileOutcome),
+    /// A request is being retried after `error`.
+    Retrying { attempt: u32, error: &'a str },
+}
+
+/// A file to read, and the name it is shown (and sealed) under.
+#[derive(Clone, Debug)]
+pub struct FoundFile {
+    pub path: PathBuf,
+    pub shown_as: String,
+}
+
+/// Every file under `paths` (folders recursively, in name order; hidden
+/// entries inside folders are left out). Paths that do not exist come back
+/// as skipped outcomes.
+pub fn find_files(paths: &[PathBuf]) -> (Vec<FoundFile>, Vec<FileOutcome>) {
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    let mut seen = HashSet::new();
+    for root in paths {
+        if !root.exists() {
+            missing.push(FileOutcome {
+                path: root.display().to_string(),
+                status: FileStatus::Skipped {
+                    reason: "no such file or folder".into(),
+                },
+            });
+            continue;
+        }
+        let walker = walkdir::WalkDir::new(root)
+            .follow_links(true)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
+        for entry in walker {
+            match entry {
+                Ok(e) if e.file_type().is_file() => {
+                    let path = e.path().to_path_buf();
+                    if seen.insert(path.clone()) {
+                        found.push(FoundFile {
+                            shown_as: path.display().to_string(),
+                            path,
+                        });
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => missing.push(FileOutcome {
+                    path: e
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| root.display().to_string()),
+                    status: FileStatus::Skipped {
+                        reason: format!("cannot read: {e}"),
+                    },
+                }),
+            }
+        }
+    }
+    (found, missing)
+}
+
+/// Errors that stop an upload before it starts.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("{0}")]
+    Options(String),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// Uploads every file under `paths` into `collection` (created, bound to
+/// the client's key, when missing). Files that cannot be read are reported
+/// and skipped; a host that stays unreachable or refuses a batch stops the
+/// upload, and the summary says which files were not sent.
+pub fn upload(
+    client: &EncryptedClient,
+    collection: &str,
+    paths: &[PathBuf],
+    options: &UploadOptions,
+    mut progress: impl FnMut(Progress<'_>),
+) -> Result<UploadSummary, UploadError> {
+    options
+        .chunking
+        .validate(client.encoder_tokenizer().max_tokens())
+        .map_err(UploadError::Options)?;
+    let started = Instant::now();
+    client.ensure_collection(collection)?;
+    let existing = existing_documents(client, collection)?;
+
+    let (files, missing) = find_files(paths);
+    let mut summary = UploadSummary {
+        files: files.len() + missing.len(),
+        ..UploadSummary::default()
+    };
+    progress(Progress::Found {
+        files: summary.files,
+    });
+    for outcome in missing {
+        progress(Progress::File(&outcome));
+        summary.record(outcome);
+    }
+
+    let mut batch = Batch::default();
+    let mut seen_ids: HashMap<String, String> = HashMap::new();
+    for file in files {
+        if summary.stopped.is_some() {
+            let outcome = FileOutcome {
+                path: file.shown_as,
+                status: FileStatus::NotUploaded {
+                    reason: "the upload stopped before this file".into(),
+                },
+            };
+            progress(Progress::File(&outcome));
+            summary.record(outcome);
+            continue;
+        }
+        let settled = |status| FileOutcome {
+            path: file.shown_as.clone(),
+            status,
+        };
+        if FileKind::of(&file.path).is_none() {
+            let outcome = settled(FileStatus::Skipped {
+                reason: crate::extract::ExtractError::Unsupported.to_string(),
+            });
+            progress(Progress::File(&outcome));
+            summary.record(outcome);
+            continue;
+        }
+        let doc = match TextDocument::from_file(
+            &file.path,
+            &file.shown_as,
+            client.encoder_tokenizer(),
+            &options.chunking,
+        ) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let outcome = settled(FileStatus::Skipped {
+                    reason: e.to_string(),
+                });
+                progress(Progress::File(&outcome));
+                summary.record(outcome);
+                continue;
+            }
+        };
+        let doc_id = client.document_id(&doc.text);
+        if let Some(first) = seen_ids.get(&doc_id) {
+            let outcome = settled(FileStatus::Duplicate { of: first.clone() });
+            progress(Progress::File(&outcome));
+            summary.record(outcome);
+            continue;
+        }
+        seen_ids.insert(doc_id.clone(), file.shown_as.clone());
+        let content_hash = client.content_hash(&doc);
+        if existing.get(&doc_id) == Some(&content_hash) {
+            let outcome = settled(FileStatus::Unchanged);
+            progress(Progress::File(&outcome));
+            summary.record(outcome);
+            continue;
+        }
+        let encrypted = match client.encrypt_document(&doc) {
+            Ok(e) => e,
+            Err(e) => {
+                let outcome = settled(FileStatus::Skipped {
+                    reason: e.to_string(),
+                });
+                progress(Progress::File(&outcome));
+                summary.record(outcome);
+                continue;
+            }
+        };
+        if !batch.is_empty() && batch.chunks + encrypted.chunks.len() > options.batch_chunks {
+            send(
+                client,
+                collection,
+                &mut batch,
+                options,
+                &mut summary,
+                &mut progress,
+            );
+        }
+        batch.push(file.shown_as, encrypted);
+        if batch.chunks >= options.batch_chunks {
+            send(
+                client,
+                collection,
+                &mut batch,
+                options,
+                &mut summary,
+                &mut progress,
+            );
+        }
+    }
+    if !batch.is_empty() {
+        send(
+            client,
+            collection,
+            &mut batch,
+            options,
+            &mut summary,
+            &mut progress,
+        );
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.chunks_per_sec = if summary.seconds > 0.0 {
+        summary.chunks as f64 / summary.seconds
+    } else {
+        0.0
+    };
+    Ok(summary)
+}
+
+/// The collection's documents: id → content hash.
+fn existing_documents(
+    client: &EncryptedClient,
+    collection: &str,
+) -> Result<HashMap<String, String>, ClientError> {
+    let mut out = HashMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = client
+            .host()
+            .list_documents(collection, after.as_deref(), 1000)?;
+        for d in page.documents {
+            out.insert(d.doc_id, d.content_hash);
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Documents waiting to be sent together.
+#[derive(Default)]
+struct Batch {
+    files: Vec<(String, usize, usize, usize)>,
+    documents: Vec<DocumentUpload>,
+    chunks: usize,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.documents.is_empty()
+    }
+
+    fn push(&mut self, shown_as: String, doc: DocumentUpload) {
+        let encoder_tokens = doc.chunks.iter().map(|c| c.encoder_ids.len()).sum();
+        let generator_tokens = doc.chunks.iter().map(|c| c.generator_ids.len()).sum();
+        self.files
+            .push((shown_as, doc.chunks.len(), encoder_tokens, generator_tokens));
+        self.chunks += doc.chunks.len();
+        self.documents.push(doc);
+    }
+}
+
+/// Sends a batch, retrying while the host is busy or unreachable, and
+/// records its files' outcomes. A failure that retrying cannot fix stops
+/// the upload.
+fn send(
+    client: &EncryptedClient,
+    collection: &str,
+    batch: &mut Batch,
+    options: &UploadOptions,
+    summary: &mut UploadSummary,
+    progress: &mut impl FnMut(Progress<'_>),
+) {
+    let request = eerag_shared::wire::UpsertRequest {
+        key_id: client.cipher().key_id(),
+        documents: std::mem::take(&mut batch.documents),
+    };
+    let files = std::mem::take(&mut batch.files);
+    batch.chunks = 0;
+    let mut wait = options.backoff;
+    let mut attempt = 1;
+    let result = loop {
+        match client.host().upsert(collection, &request) {
+            Ok(r) => break Ok(r),
+            Err(e) if attempt < options.attempts.max(1) && retryable(&e) => {
+                let asked = match &e {
+                    RemoteError::Status {
+                        retry_after: Some(s),
+                        ..
+                    } => Duration::from_secs(*s),
+                    _ => Duration::ZERO,
+                };
+                progress(Progress::Retrying {
+                    attempt,
+                    error: &e.to_string(),
+                });
+                std::thread::sleep(wait.max(asked));
+                wait = (wait * 2).min(Duration::from_secs(30));
+                attempt += 1;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    match result {
+        Ok(_) => {
+            for (path, chunks, encoder_tokens, generator_tokens) in files {
+                let outcome = FileOutcome {
+                    path,
+                    status: FileStatus::Uploaded {
+                        chunks,
+                        encoder_tokens,
+                        generator_tokens,
+                    },
+                };
+                progress(Progress::File(&outcome));
+                summary.record(outcome);
+            }
+        }
+        Err(e) => {
+            let reason = explain(&e);
+            for (path, ..) in files {
+                let outcome = FileOutcome {
+                    path,
+                    status: FileStatus::NotUploaded {
+                        reason: reason.clone(),
+                    },
+                };
+                progress(Progress::File(&outcome));
+                summary.record(outcome);
+            }
+            summary.stopped = Some(reason);
+        }
+    }
+}
+
+/// Busy hosts and broken connections are worth another try; refusals are
+/// not. Retrying an upsert is safe: a document replaces itself.
+fn retryable(e: &RemoteError) -> bool {
+    match e {
+        RemoteError::Transport(_) => true,
+        RemoteError::Status { status, .. } => *status == 503 || *status == 502 || *status == 504,
+        RemoteError::Protocol(_) => false,
+    }
+}
+
+/// One line on why the host did not take a batch.
+pub fn explain(e: &RemoteError) -> String {
+    match e {
+        RemoteError::Transport(m) => format!("the host is unreachable ({m})"),
+        RemoteError::Status {
+            status: 503,
+            message,
+            ..
+        } => format!("the host stayed busy after retries ({message})"),
+        RemoteError::Status {
+            status,
+            code,
+            message,
+            ..
+        } => format!("the host refused the batch: {status} {code}: {message}"),
+        RemoteError::Protocol(m) => format!("the host's reply was not understood ({m})"),
+    }
+}

@@ -1,0 +1,565 @@
+//! `eerag gateway`: a local OpenAI-compatible endpoint. Apps send it
+//! plaintext as they would to OpenAI; it encrypts with the user's key,
+//! calls the host, and decrypts — so an app changes only its base URL.
+//! It holds the key and sees plaintext, so it listens on loopback only.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use eerag_ingest::client::{Answer, AskOptions, ClientError, EncryptedClient};
+use eerag_ingest::remote::RemoteError;
+use eerag_shared::sampling::Sampling;
+use eerag_shared::wire::{EmbedRequest, FinishReason, SearchMode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::client_cmds::ConnectArgs;
+
+/// The chat model's name in `/v1/models`.
+pub const CHAT_MODEL: &str = "eerag-smollm2-135m-instruct";
+/// The embedding model's name in `/v1/models`.
+pub const EMBEDDING_MODEL: &str = "eerag-all-minilm-l6-v2";
+/// Inputs per host embed request.
+const EMBED_BATCH: usize = 64;
+
+/// `eerag gateway`.
+#[derive(clap::Args, Debug)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The collection chat completions retrieve from.
+    #[arg(long)]
+    pub collection: String,
+    /// Where apps connect (loopback only: the gateway handles plaintext).
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen: SocketAddr,
+    /// Chunks retrieved per question.
+    #[arg(long, default_value_t = 3)]
+    pub k: usize,
+    /// Answer length when the request does not say.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+}
+
+struct Gateway {
+    client: EncryptedClient,
+    collection: String,
+    k: usize,
+    max_tokens: usize,
+}
+
+/// Runs the gateway until Ctrl-C.
+pub fn run(args: GatewayArgs) -> Result<()> {
+    if !args.listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {}: the gateway holds the key and handles plaintext, so it only listens on loopback (127.0.0.1 or ::1)",
+            args.listen
+        );
+    }
+    // The blocking HTTP client is made (and dropped) outside the runtime.
+    let client = args.connect.connect()?;
+    client
+        .require_collection(&args.collection)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let gateway = Arc::new(Gateway {
+        client,
+        collection: args.collection.clone(),
+        k: args.k.max(1),
+        max_tokens: args.max_tokens.max(1),
+    });
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let served = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        println!(
+            "OpenAI-compatible gateway on http://{addr}/v1 (collection {:?}, host {}); set your app's base URL to it",
+            args.collection, args.connect.server
+        );
+        axum::serve(listener, router(gateway.clone()))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .context("serving")
+    });
+    drop(runtime);
+    drop(gateway);
+    served
+}
+
+fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/embeddings", post(embeddings))
+        .fallback(|| async {
+            OpenAiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+        })
+        .with_state(gateway)
+}
+
+/// An error in OpenAI's shape: `{"error": {"message", "type", "code"}}`.
+struct OpenAiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl OpenAiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+}
+
+impl From<ClientError> for OpenAiError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Remote(RemoteError::Status {
+                status: 503,
+                retry_after,
+                message,
+                ..
+            }) => Self {
+                retry_after: Some(retry_after.unwrap_or(2)),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "host_busy",
+                    format!("the host is busy: {message}"),
+                )
+            },
+            ClientError::Remote(RemoteError::Status {
+                status,
+                code,
+                message,
+                ..
+            }) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "host_error",
+                format!("the host refused the request ({status} {code}): {message}"),
+            ),
+            ClientError::Remote(e) => {
+                Self::new(StatusCode::BAD_GATEWAY, "host_unreachable", e.to_string())
+            }
+            other => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "client_error",
+                other.to_string(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let kind = if self.status.is_client_error() {
+            "invalid_request_error"
+        } else {
+            "api_error"
+        };
+        let body = json!({"error": {"message": self.message, "type": kind, "code": self.code}});
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        response
+    }
+}
+
+/// JSON bodies whose rejections are OpenAI-shaped errors.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = OpenAiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, OpenAiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(OpenAiError::invalid(JsonRejection::body_text(&e))),
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn models() -> Json<Value> {
+    let model = |id: &str| json!({"id": id, "object": "model", "created": 0, "owned_by": "eerag"});
+    Json(json!({"object": "list", "data": [model(CHAT_MODEL), model(EMBEDDING_MODEL)]}))
+}
+
+/// Message content: a string, or an array of parts of which the text ones
+/// count.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Value>),
+}
+
+impl Content {
+    fn text(&self) -> String {
+        match self {
+            Content::Text(t) => t.clone(),
+            Content::Parts(parts) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Message {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+}
+
+/// The part of OpenAI's chat request eerag acts on; other fields are
+/// accepted and ignored.
+#[derive(Deserialize)]
+struct ChatRequest {
+    #[serde(default)]
+    model: Option<String>,
+    messages: Vec<Message>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    n: Option<usize>,
+}
+
+/// What a chat request asks, as eerag's question: retrieval uses the last
+/// user message; the prompt gets the earlier turns too.
+struct Question {
+    retrieval: String,
+    prompt: String,
+    options: AskOptions,
+    model: String,
+}
+
+impl Gateway {
+    fn question(&self, r: ChatRequest) -> Result<Question, OpenAiError> {
+        if r.n.unwrap_or(1) != 1 {
+            return Err(OpenAiError::invalid("only n = 1 is supported"));
+        }
+        let last_user = r
+            .messages
+            .iter()
+            .rposition(|m| m.role == "user")
+            .ok_or_else(|| OpenAiError::invalid("messages need a user message"))?;
+        let text = |m: &Message| m.content.as_ref().map(Content::text).unwrap_or_default();
+        let retrieval = text(&r.messages[last_user]);
+        if retrieval.trim().is_empty() {
+            return Err(OpenAiError::invalid("the last user message is empty"));
+        }
+        let system: Vec<String> = r
+            .messages
+            .iter()
+            .filter(|m| m.role == "system" || m.role == "developer")
+            .map(text)
+            .collect();
+        let history: Vec<String> = r.messages[..last_user]
+            .iter()
+            .filter(|m| m.role == "user" || m.role == "assistant")
+            .map(|m| format!("{}: {}", m.role, text(m)))
+            .collect();
+        let prompt = if history.is_empty() {
+            retrieval.clone()
+        } else {
+            format!(
+                "(conversation so far)\n{}\n\n{}",
+                history.join("\n"),
+                retrieval
+            )
+        };
+        let defaults = AskOptions::default();
+        let sampling = match r.temperature {
+            Some(t) if t > 0.0 => Sampling::Random {
+                temperature: t,
+                top_p: r.top_p.unwrap_or(1.0),
+                top_k: None,
+                seed: r.seed.unwrap_or_else(rand_seed),
+            },
+            _ => Sampling::Greedy,
+        };
+        Ok(Question {
+            retrieval,
+            prompt,
+            options: AskOptions {
+                k: self.k,
+                mode: SearchMode::Hybrid,
+                max_tokens: r
+                    .max_completion_tokens
+                    .or(r.max_tokens)
+                    .unwrap_or(self.max_tokens)
+                    .max(1),
+                sampling,
+                system: if system.is_empty() {
+                    defaults.system
+                } else {
+                    system.join("\n")
+                },
+            },
+            model: r.model.unwrap_or_else(|| CHAT_MODEL.into()),
+        })
+    }
+
+    /// Encrypts, asks, decrypts; `on_text` gets the answer as it streams.
+    fn ask(&self, q: &Question, on_text: impl FnMut(&str)) -> Result<Answer, ClientError> {
+        let request = self
+            .client
+            .encrypt_question_parts(&q.retrieval, &q.prompt, &q.options)?;
+        self.client.ask_request(&self.collection, &request, on_text)
+    }
+}
+
+fn rand_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Only a sampling seed; a failed draw still gives a usable one.
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes) ^ now()
+}
+
+fn finish(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        _ => "length",
+    }
+}
+
+fn sources(answer: &Answer) -> Value {
+    answer
+        .sources
+        .iter()
+        .map(|s| {
+            json!({"path": s.metadata.path, "title": s.metadata.title, "chunk": s.metadata.chunk,
+                   "score": s.score, "preview": s.metadata.preview})
+        })
+        .collect()
+}
+
+async fn chat(
+    State(gw): State<Arc<Gateway>>,
+    Body(request): Body<ChatRequest>,
+) -> Result<Response, OpenAiError> {
+    let stream = request.stream;
+    let question = gw.question(request)?;
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let created = now();
+    if !stream {
+        let gw = gw.clone();
+        let (answer, question) = tokio::task::spawn_blocking(move || {
+            let answer = gw.ask(&question, |_| {});
+            (answer, question)
+        })
+        .await
+        .map_err(|e| {
+            OpenAiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
+        let answer = answer?;
+        let prompt = answer.summary.prompt_tokens;
+        let completion = answer.summary.generated_tokens;
+        return Ok(Json(json!({
+            "id": id, "object": "chat.completion", "created": created, "model": question.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text.trim()},
+                         "finish_reason": finish(answer.summary.finish_reason)}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                      "total_tokens": prompt + completion},
+            "eerag_sources": sources(&answer),
+        }))
+        .into_response());
+    }
+
+    // Streaming: text pieces go from the blocking client to the SSE body.
+    let (tx, rx) = mpsc::channel::<Value>(1024);
+    let chunk = {
+        let (id, model) = (id.clone(), question.model.clone());
+        move |delta: Value, finish_reason: Value| {
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
+        }
+    };
+    let gw2 = gw.clone();
+    let chunk2 = chunk;
+    tokio::task::spawn_blocking(move || {
+        let _ = tx.blocking_send(chunk2(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        ));
+        let result = gw2.ask(&question, |text| {
+            let _ = tx.blocking_send(chunk2(json!({"content": text}), Value::Null));
+        });
+        let last = match result {
+            Ok(answer) => {
+                let mut last = chunk2(json!({}), json!(finish(answer.summary.finish_reason)));
+                last["eerag_sources"] = sources(&answer);
+                last
+            }
+            Err(e) => {
+                let e = OpenAiError::from(e);
+                json!({"error": {"message": e.message, "type": "api_error", "code": e.code}})
+            }
+        };
+        let _ = tx.blocking_send(last);
+    });
+    let events = futures_util::stream::unfold((rx, false), |(mut rx, done)| async move {
+        if done {
+            return None;
+        }
+        match rx.recv().await {
+            Some(v) => Some((
+                Ok::<_, Infallible>(Event::default().data(v.to_string())),
+                (rx, false),
+            )),
+            None => Some((Ok(Event::default().data("[DONE]")), (rx, true))),
+        }
+    });
+    Ok(Sse::new(events).into_response())
+}
+
+/// `input` of an embeddings request: text or texts (token arrays are the
+/// OpenAI tokenizer's ids, meaningless here, so refused).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EmbeddingInput {
+    One(String),
+    Many(Vec<String>),
+    Tokens(#[allow(dead_code)] Value),
+}
+
+#[derive(Deserialize)]
+struct EmbeddingsRequest {
+    input: EmbeddingInput,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    encoding_format: Option<String>,
+}
+
+async fn embeddings(
+    State(gw): State<Arc<Gateway>>,
+    Body(request): Body<EmbeddingsRequest>,
+) -> Result<Json<Value>, OpenAiError> {
+    let texts = match request.input {
+        EmbeddingInput::One(t) => vec![t],
+        EmbeddingInput::Many(t) => t,
+        EmbeddingInput::Tokens(_) => {
+            return Err(OpenAiError::invalid(
+                "send input as text: token arrays are another tokenizer's ids",
+            ))
+        }
+    };
+    if texts.is_empty() || texts.len() > 2048 {
+        return Err(OpenAiError::invalid("send 1 to 2048 inputs"));
+    }
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(OpenAiError::invalid(format!(
+                "encoding_format {other:?}: use float or base64"
+            )))
+        }
+    };
+    let gw2 = gw.clone();
+    let (vectors, tokens) = tokio::task::spawn_blocking(move || gw2.embed(&texts))
+        .await
+        .map_err(|e| {
+            OpenAiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list", "data": data,
+        "model": request.model.unwrap_or_else(|| EMBEDDING_MODEL.into()),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    })))
+}
+
+impl Gateway {
+    /// Plaintext-space embeddings of `texts`: encrypt, embed on the host
+    /// (vectors come back rotated by the key), rotate back.
+    fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, usize), OpenAiError> {
+        let c = &self.client;
+        let mut vectors = Vec::with_capacity(texts.len());
+        let mut tokens = 0;
+        for batch in texts.chunks(EMBED_BATCH) {
+            let mut inputs = Vec::with_capacity(batch.len());
+            for text in batch {
+                let ids = c
+                    .encoder_tokenizer()
+                    .encode(text)
+                    .map_err(|e| OpenAiError::invalid(e.to_string()))?;
+                tokens += ids.len();
+                inputs.push(
+                    c.cipher()
+                        .encrypt_encoder(&ids)
+                        .map_err(|e| OpenAiError::invalid(e.to_string()))?
+                        .ids()
+                        .to_vec(),
+                );
+            }
+            let rotated = c
+                .host()
+                .embed(&EmbedRequest {
+                    key_id: c.cipher().key_id(),
+                    inputs,
+                })
+                .map_err(ClientError::from)?;
+            vectors.extend(rotated.iter().map(|v| c.cipher().rotation().unrotate(v)));
+        }
+        Ok((vectors, tokens))
+    }
+}

@@ -144,9 +144,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     // The server reports each request (route templates, never bodies).
     let default_filter = match cli.command {
-        Command::Serve(_) => "warn,eerag=info,eerag_query=info,qdrant_edge::common::flags=error",
+        Command::Serve(_) => "warn,eerag=info,eerag_query=info,qdrant_edge::common::flags=error,qdrant_edge::common::mmap=error",
         // qdrant-edge warns about its feature flags once per segment.
-        _ => "warn,qdrant_edge::common::flags=error",
+        _ => "warn,qdrant_edge::common::flags=error,qdrant_edge::common::mmap=error",
     };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -164,3 +164,26 @@ fn models_fetch_without_pip_is_a_clear_error() {
         .unwrap();
     assert_clean_failure(&o, "cannot run");
 }
+
+#[test]
+fn the_demo_runs_the_whole_pipeline_and_cleans_up() {
+    let o = Command::new(env!("CARGO_BIN_EXE_eerag"))
+        .args(["demo", "--models", path(&models_dir())])
+        // The checkout's sample corpus, as from a fresh clone.
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("running eerag demo");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(out.contains("uploaded 3 files"), "{out}");
+    for q in ["Q1:", "Q2:", "Q3:"] {
+        assert!(out.contains(q), "{out}");
+    }
+    assert!(
+        out.matches("source: datasets/sample/").count() >= 3,
+        "{out}"
+    );
+    assert!(out.contains("clinic-handbook.md"), "{out}");
+    assert!(out.contains("the host"), "{out}");
+    assert!(out.contains("removed the demo's temporary files"), "{out}");
+}

@@ -58,7 +58,7 @@ fn explain(e: RemoteError) -> anyhow::Error {
             status: 503,
             message,
             ..
-        } => anyhow::anyhow!("the host is busy and stayed busy after retries: {message}"),
+        } => anyhow::anyhow!("the host is busy ({message}); try again shortly"),
         RemoteError::Status {
             status,
             code,
@@ -277,9 +277,7 @@ pub fn search(args: &SearchArgs) -> Result<()> {
     let client = args.connect.connect()?;
     let server = &args.connect.server;
     let r = &args.retrieve;
-    client
-        .require_collection(&r.collection)
-        .map_err(|e| explain_client(e, server))?;
+    retry_busy(server, || client.require_collection(&r.collection))?;
     let hits = retry_busy(server, || {
         client.search(&r.collection, &args.query, r.k.unwrap_or(5), r.mode)
     })?;
@@ -387,9 +385,7 @@ pub fn ask(args: &AskArgs) -> Result<()> {
     let client = args.connect.connect()?;
     let server = &args.connect.server;
     let r = &args.retrieve;
-    client
-        .require_collection(&r.collection)
-        .map_err(|e| explain_client(e, server))?;
+    retry_busy(server, || client.require_collection(&r.collection))?;
     let options = args.options();
     let mut stdout = std::io::stdout();
     let answer = retry_busy(server, || {

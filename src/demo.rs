@@ -45,8 +45,18 @@ pub fn run(models: &ModelsArg, questions: &[String], keep: Option<&Path>) -> Res
         }
     };
 
-    // Client side: a key, and the host artifacts made from it.
-    let key = Key::generate()?;
+    // Client side: a key, and the host artifacts made from it. A kept
+    // folder keeps its key too, so a second run finds its collection.
+    let key_file = work.join("demo.eekey");
+    let key = if keep.is_some() && key_file.exists() {
+        Key::load(&key_file)?
+    } else {
+        let key = Key::generate()?;
+        if keep.is_some() {
+            key.save(&key_file, false)?;
+        }
+        key
+    };
     let artifacts = work.join("host-artifacts");
     let t = Instant::now();
     transform::transform(
@@ -57,7 +67,7 @@ pub fn run(models: &ModelsArg, questions: &[String], keep: Option<&Path>) -> Res
         true,
     )?;
     println!(
-        "1. made a throwaway key {} and the host's transformed models in {:.1} s",
+        "1. made a key {} and the host's transformed models in {:.1} s",
         key.id(),
         t.elapsed().as_secs_f64()
     );
@@ -131,7 +141,7 @@ pub fn run(models: &ModelsArg, questions: &[String], keep: Option<&Path>) -> Res
     server.stop()?;
     match keep {
         Some(p) => println!(
-            "\nleft the key-less host's artifacts and data in {}",
+            "\nleft the key (demo.eekey), the host's artifacts and its data in {}",
             p.display()
         ),
         None => println!("\nremoved the demo's temporary files"),

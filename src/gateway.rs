@@ -31,6 +31,10 @@ use crate::client_cmds::ConnectArgs;
 pub const CHAT_MODEL: &str = "eerag-smollm2-135m-instruct";
 /// The embedding model's name in `/v1/models`.
 pub const EMBEDDING_MODEL: &str = "eerag-all-minilm-l6-v2";
+/// The host's limit on answer length.
+const MAX_TOKENS: usize = 2048;
+/// Largest request body the gateway reads.
+const MAX_BODY_BYTES: usize = 16 << 20;
 /// Inputs per host embed request.
 const EMBED_BATCH: usize = 64;
 
@@ -48,6 +52,11 @@ pub struct GatewayArgs {
     /// Chunks retrieved per question.
     #[arg(long, default_value_t = 3)]
     pub k: usize,
+    /// Require this bearer token from apps (set it as the app's OpenAI API
+    /// key). Without it any local process may use the gateway — and so the
+    /// key; set it on a machine shared with other users.
+    #[arg(long, env = "EERAG_GATEWAY_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// Answer length when the request does not say.
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
@@ -55,6 +64,7 @@ pub struct GatewayArgs {
 
 struct Gateway {
     client: EncryptedClient,
+    api_key: Option<String>,
     collection: String,
     k: usize,
     max_tokens: usize,
@@ -75,6 +85,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let gateway = Arc::new(Gateway {
         client,
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         collection: args.collection.clone(),
         k: args.k.max(1),
         max_tokens: args.max_tokens.max(1),
@@ -109,7 +120,60 @@ fn router(gateway: Arc<Gateway>) -> Router {
         .fallback(|| async {
             OpenAiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
         })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), guard))
         .with_state(gateway)
+}
+
+/// Lets through only requests addressed to a loopback name (a web page
+/// that rebinds its own domain to 127.0.0.1 still sends its domain as the
+/// Host) and, when the gateway has an API key, carrying it.
+async fn guard(
+    State(gw): State<Arc<Gateway>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !is_loopback_host(host) {
+        return OpenAiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_host",
+            "the gateway answers only requests addressed to localhost, 127.0.0.1 or [::1]",
+        )
+        .into_response();
+    }
+    if let Some(key) = &gw.api_key {
+        let sent = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "));
+        if sent != Some(key.as_str()) {
+            return OpenAiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "this gateway wants its API key (--api-key) as the bearer token",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// `localhost`, `127.0.0.1` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "code"}}`.
@@ -151,6 +215,17 @@ impl From<ClientError> for OpenAiError {
                     format!("the host is busy: {message}"),
                 )
             },
+            // The request's own fault: the app should not retry it.
+            ClientError::Remote(RemoteError::Status {
+                status: status @ (400 | 404 | 413),
+                code,
+                message,
+                ..
+            }) => Self::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                "host_refused",
+                format!("the host refused the request ({code}): {message}"),
+            ),
             ClientError::Remote(RemoteError::Status {
                 status,
                 code,
@@ -200,6 +275,11 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, OpenAiError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(OpenAiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                format!("the request is larger than {} MiB", MAX_BODY_BYTES >> 20),
+            )),
             Err(e) => Err(OpenAiError::invalid(JsonRejection::body_text(&e))),
         }
     }
@@ -267,6 +347,14 @@ struct ChatRequest {
     seed: Option<u64>,
     #[serde(default)]
     n: Option<usize>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
 }
 
 /// What a chat request asks, as eerag's question: retrieval uses the last
@@ -329,11 +417,12 @@ impl Gateway {
             options: AskOptions {
                 k: self.k,
                 mode: SearchMode::Hybrid,
+                // The host's limit (a longer request would be refused).
                 max_tokens: r
                     .max_completion_tokens
                     .or(r.max_tokens)
                     .unwrap_or(self.max_tokens)
-                    .max(1),
+                    .clamp(1, MAX_TOKENS),
                 sampling,
                 system: if system.is_empty() {
                     defaults.system
@@ -384,6 +473,10 @@ async fn chat(
     Body(request): Body<ChatRequest>,
 ) -> Result<Response, OpenAiError> {
     let stream = request.stream;
+    let include_usage = request
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
     let question = gw.question(request)?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = now();
@@ -412,50 +505,110 @@ async fn chat(
     }
 
     // Streaming: text pieces go from the blocking client to the SSE body.
-    let (tx, rx) = mpsc::channel::<Value>(1024);
-    let chunk = {
-        let (id, model) = (id.clone(), question.model.clone());
-        move |delta: Value, finish_reason: Value| {
-            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
+    // The response starts only once the host has answered (first text, the
+    // end, or its refusal), so a refusal is a proper HTTP error that the
+    // app's client can retry or report.
+    let (tx, mut rx) = mpsc::channel::<StreamMessage>(1024);
+    let model = question.model.clone();
+    let role_chunk = ChunkMaker {
+        id: id.clone(),
+        model: model.clone(),
+        created,
+    }
+    .chunk(json!({"role": "assistant", "content": ""}), Value::Null);
+    let gw2 = gw.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = gw2.ask(&question, |text| {
+            let _ = tx.blocking_send(StreamMessage::Text(text.to_string()));
+        });
+        let _ = tx.blocking_send(match result {
+            Ok(answer) => StreamMessage::Done(Box::new(answer)),
+            Err(e) => StreamMessage::Failed(e.into()),
+        });
+    });
+    let first = match rx.recv().await {
+        Some(StreamMessage::Failed(e)) => return Err(e),
+        Some(m) => m,
+        None => {
+            return Err(OpenAiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the answer ended without a result",
+            ))
         }
     };
-    let gw2 = gw.clone();
-    let chunk2 = chunk;
-    tokio::task::spawn_blocking(move || {
-        let _ = tx.blocking_send(chunk2(
-            json!({"role": "assistant", "content": ""}),
-            Value::Null,
-        ));
-        let result = gw2.ask(&question, |text| {
-            let _ = tx.blocking_send(chunk2(json!({"content": text}), Value::Null));
-        });
-        let last = match result {
-            Ok(answer) => {
-                let mut last = chunk2(json!({}), json!(finish(answer.summary.finish_reason)));
+    let chunks = ChunkMaker { id, model, created };
+    let to_events = move |m: StreamMessage| -> Vec<Value> {
+        match m {
+            StreamMessage::Text(text) => vec![chunks.chunk(json!({"content": text}), Value::Null)],
+            StreamMessage::Done(answer) => {
+                let reason = json!(finish(answer.summary.finish_reason));
+                let mut last = chunks.chunk(json!({}), reason);
                 last["eerag_sources"] = sources(&answer);
-                last
+                let mut events = vec![last];
+                if include_usage {
+                    let (p, c) = (
+                        answer.summary.prompt_tokens,
+                        answer.summary.generated_tokens,
+                    );
+                    let mut usage = chunks.chunk(json!({}), Value::Null);
+                    usage["choices"] = json!([]);
+                    usage["usage"] =
+                        json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
+                    events.push(usage);
+                }
+                events
             }
-            Err(e) => {
-                let e = OpenAiError::from(e);
-                json!({"error": {"message": e.message, "type": "api_error", "code": e.code}})
+            StreamMessage::Failed(e) => {
+                vec![json!({"error": {"message": e.message, "type": "api_error", "code": e.code}})]
             }
-        };
-        let _ = tx.blocking_send(last);
-    });
-    let events = futures_util::stream::unfold((rx, false), |(mut rx, done)| async move {
-        if done {
-            return None;
         }
-        match rx.recv().await {
-            Some(v) => Some((
-                Ok::<_, Infallible>(Event::default().data(v.to_string())),
-                (rx, false),
-            )),
-            None => Some((Ok(Event::default().data("[DONE]")), (rx, true))),
+    };
+    let mut head = vec![role_chunk];
+    head.extend(to_events(first));
+    let rest = futures_util::stream::unfold(Some(rx), move |rx| {
+        let to_events = to_events.clone();
+        async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(m) => Some((to_events(m), Some(rx))),
+                None => Some((vec![], None)),
+            }
         }
     });
+    use futures_util::StreamExt;
+    let events = futures_util::stream::iter(vec![head])
+        .chain(rest)
+        .flat_map(futures_util::stream::iter)
+        .map(|v| Event::default().data(v.to_string()))
+        .chain(futures_util::stream::once(async {
+            Event::default().data("[DONE]")
+        }))
+        .map(Ok::<_, Infallible>);
     Ok(Sse::new(events).into_response())
+}
+
+/// Builds `chat.completion.chunk` objects of one response.
+#[derive(Clone)]
+struct ChunkMaker {
+    id: String,
+    model: String,
+    created: u64,
+}
+
+impl ChunkMaker {
+    fn chunk(&self, delta: Value, finish_reason: Value) -> Value {
+        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+               "model": self.model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
+    }
+}
+
+/// What the blocking client sends the SSE body.
+enum StreamMessage {
+    Text(String),
+    Done(Box<Answer>),
+    Failed(OpenAiError),
 }
 
 /// `input` of an embeddings request: text or texts (token arrays are the
@@ -561,5 +714,33 @@ impl Gateway {
             vectors.extend(rotated.iter().map(|v| c.cipher().rotation().unrotate(v)));
         }
         Ok((vectors, tokens))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_names_pass() {
+        for ok in [
+            "localhost",
+            "127.0.0.1:8090",
+            "[::1]:8090",
+            "LOCALHOST:1",
+            "127.5.0.1",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example",
+            "evil.example:8090",
+            "10.0.0.1",
+            "[::2]:80",
+            "localhost.evil.example",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
     }
 }

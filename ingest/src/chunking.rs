@@ -115,10 +115,24 @@ fn cut(text: &str, offsets: &[(usize, usize)], options: &ChunkingOptions) -> Vec
     chunks
 }
 
-/// The token index to cut before, in `(earliest, latest]`: the last
+/// Whether token `j` (> 0) starts after a gap (space, newline) rather than
+/// right after, or inside, the previous token's text. Tokens of one
+/// character can share a range (the encoder's NFD splits a Hangul syllable
+/// into several jamo tokens), so ranges may overlap.
+fn starts_word(offsets: &[(usize, usize)], j: usize) -> bool {
+    offsets[j].0 > offsets[j - 1].1
+}
+
+/// The token index to cut before, in `[earliest, latest]`: the last
 /// paragraph break, else the last sentence end, else `latest`.
 fn best_cut(text: &str, offsets: &[(usize, usize)], earliest: usize, latest: usize) -> usize {
-    let gap = |j: usize| &text[offsets[j - 1].1..offsets[j].0];
+    let gap = |j: usize| {
+        if starts_word(offsets, j) {
+            &text[offsets[j - 1].1..offsets[j].0]
+        } else {
+            ""
+        }
+    };
     if let Some(j) = (earliest..=latest).rev().find(|&j| gap(j).contains("\n\n")) {
         return j;
     }
@@ -189,6 +203,30 @@ mod tests {
         let text = "a b c d e f g h i j k l m n o p . q r s t u v w x y z";
         let chunks = cut(text, &words(text), &options);
         assert!(chunks[0].text.ends_with('.'), "{:?}", chunks[0].text);
+    }
+
+    #[test]
+    fn tokens_that_share_a_character_never_break_the_cutting() {
+        // Three tokens per character, all with the character's range, as
+        // NFD gives Hangul syllables.
+        let text: String = "한국어 문서 ".repeat(40);
+        let mut offsets = Vec::new();
+        for (i, c) in text.char_indices().filter(|(_, c)| !c.is_whitespace()) {
+            for _ in 0..3 {
+                offsets.push((i, i + c.len_utf8()));
+            }
+        }
+        let options = ChunkingOptions {
+            max_tokens: 20,
+            overlap: 4,
+        };
+        let chunks = cut(&text, &offsets, &options);
+        assert!(chunks.len() > 10);
+        assert_eq!(chunks.last().unwrap().end, text.trim_end().len());
+        for c in &chunks {
+            assert!(c.start < c.end);
+            assert_eq!(&text[c.start..c.end], c.text);
+        }
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub enum ClientError {
 /// Result alias of the encrypting client.
 pub type Result<T> = std::result::Result<T, ClientError>;
 
+/// Characters of a title kept (a title is sealed into every chunk).
+pub const MAX_TITLE_CHARS: usize = 200;
+
 /// Characters of a chunk kept in its sealed metadata as a preview.
 pub const PREVIEW_CHARS: usize = 200;
 
@@ -114,13 +117,13 @@ impl TextDocument {
         options: &ChunkingOptions,
     ) -> std::result::Result<Self, ExtractError> {
         let chunks = chunk_text(tokenizer, &extracted.text, options)
-            .map_err(|e| ExtractError::Unreadable(std::io::Error::other(e.to_string())))?;
+            .map_err(|e| ExtractError::Tokenize(e.to_string()))?;
         if chunks.is_empty() {
             return Err(ExtractError::Empty);
         }
         Ok(Self {
             path: shown_as.to_string(),
-            title: extracted.title,
+            title: extracted.title.chars().take(MAX_TITLE_CHARS).collect(),
             text: extracted.text,
             chunks,
             chunking: options.tag(),

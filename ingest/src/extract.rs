@@ -26,6 +26,8 @@ pub enum ExtractError {
     Html(String),
     #[error("no text in the file")]
     Empty,
+    #[error("the tokenizer failed on the text: {0}")]
+    Tokenize(String),
 }
 
 /// The kinds of file eerag reads, by extension.

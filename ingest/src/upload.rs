@@ -4,7 +4,7 @@
 //! the collection already holds unchanged are not sent again.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use eerag_shared::wire::DocumentUpload;
@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::chunking::ChunkingOptions;
 use crate::client::{ClientError, EncryptedClient, TextDocument};
-use crate::extract::FileKind;
+use crate::extract::{ExtractError, FileKind};
 use crate::remote::RemoteError;
 
 /// How to upload.
@@ -126,7 +126,8 @@ pub enum Progress<'a> {
     Retrying { attempt: u32, error: &'a str },
 }
 
-/// A file to read, and the name it is shown (and sealed) under.
+/// A file to read, and the name it is shown (and sealed) under: the upload
+/// root's own name and the path below it (`contracts/2024/a.pdf`).
 #[derive(Clone, Debug)]
 pub struct FoundFile {
     pub path: PathBuf,
@@ -150,6 +151,13 @@ pub fn find_files(paths: &[PathBuf]) -> (Vec<FoundFile>, Vec<FileOutcome>) {
             });
             continue;
         }
+        // Files are named from the root's own name down, so the same file
+        // has the same name (and content hash) however the root was typed.
+        let label = root
+            .canonicalize()
+            .ok()
+            .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| root.display().to_string());
         let walker = walkdir::WalkDir::new(root)
             .follow_links(true)
             .sort_by_file_name()
@@ -159,11 +167,14 @@ pub fn find_files(paths: &[PathBuf]) -> (Vec<FoundFile>, Vec<FileOutcome>) {
             match entry {
                 Ok(e) if e.file_type().is_file() => {
                     let path = e.path().to_path_buf();
+                    let relative = path.strip_prefix(root).unwrap_or(&path);
+                    let shown_as = if relative.as_os_str().is_empty() {
+                        label.clone()
+                    } else {
+                        Path::new(&label).join(relative).display().to_string()
+                    };
                     if seen.insert(path.clone()) {
-                        found.push(FoundFile {
-                            shown_as: path.display().to_string(),
-                            path,
-                        });
+                        found.push(FoundFile { shown_as, path });
                     }
                 }
                 Ok(_) => {}
@@ -191,10 +202,14 @@ pub enum UploadError {
     Client(#[from] ClientError),
 }
 
+/// The most chunks one document may have: the host's default limit on
+/// chunks per request, and a document is never split across requests.
+pub const MAX_CHUNKS_PER_DOCUMENT: usize = 4096;
+
 /// Uploads every file under `paths` into `collection` (created, bound to
-/// the client's key, when missing). Files that cannot be read are reported
-/// and skipped; a host that stays unreachable or refuses a batch stops the
-/// upload, and the summary says which files were not sent.
+/// the client's key, when missing). Files that cannot be read, or that the
+/// host refuses, are reported and skipped; a host that stays unreachable or
+/// busy stops the upload, and the summary says which files were not sent.
 pub fn upload(
     client: &EncryptedClient,
     collection: &str,
@@ -207,8 +222,16 @@ pub fn upload(
         .validate(client.encoder_tokenizer().max_tokens())
         .map_err(UploadError::Options)?;
     let started = Instant::now();
-    client.ensure_collection(collection)?;
-    let existing = existing_documents(client, collection)?;
+    with_retries(options, &mut progress, || {
+        client.ensure_collection(collection).map_err(into_remote)
+    })
+    .map_err(|e| UploadError::Client(e.into()))?
+    .map_err(UploadError::Client)?;
+    let existing = with_retries(options, &mut progress, || {
+        existing_documents(client, collection).map_err(into_remote)
+    })
+    .map_err(|e| UploadError::Client(e.into()))?
+    .map_err(UploadError::Client)?;
 
     let (files, missing) = find_files(paths);
     let mut summary = UploadSummary {
@@ -227,67 +250,20 @@ pub fn upload(
     let mut seen_ids: HashMap<String, String> = HashMap::new();
     for file in files {
         if summary.stopped.is_some() {
-            let outcome = FileOutcome {
-                path: file.shown_as,
-                status: FileStatus::NotUploaded {
+            settle(
+                &mut summary,
+                &mut progress,
+                file.shown_as,
+                FileStatus::NotUploaded {
                     reason: "the upload stopped before this file".into(),
                 },
-            };
-            progress(Progress::File(&outcome));
-            summary.record(outcome);
+            );
             continue;
         }
-        let settled = |status| FileOutcome {
-            path: file.shown_as.clone(),
-            status,
-        };
-        if FileKind::of(&file.path).is_none() {
-            let outcome = settled(FileStatus::Skipped {
-                reason: crate::extract::ExtractError::Unsupported.to_string(),
-            });
-            progress(Progress::File(&outcome));
-            summary.record(outcome);
-            continue;
-        }
-        let doc = match TextDocument::from_file(
-            &file.path,
-            &file.shown_as,
-            client.encoder_tokenizer(),
-            &options.chunking,
-        ) {
-            Ok(doc) => doc,
-            Err(e) => {
-                let outcome = settled(FileStatus::Skipped {
-                    reason: e.to_string(),
-                });
-                progress(Progress::File(&outcome));
-                summary.record(outcome);
-                continue;
-            }
-        };
-        let doc_id = client.document_id(&doc.text);
-        if let Some(first) = seen_ids.get(&doc_id) {
-            let outcome = settled(FileStatus::Duplicate { of: first.clone() });
-            progress(Progress::File(&outcome));
-            summary.record(outcome);
-            continue;
-        }
-        seen_ids.insert(doc_id.clone(), file.shown_as.clone());
-        let content_hash = client.content_hash(&doc);
-        if existing.get(&doc_id) == Some(&content_hash) {
-            let outcome = settled(FileStatus::Unchanged);
-            progress(Progress::File(&outcome));
-            summary.record(outcome);
-            continue;
-        }
-        let encrypted = match client.encrypt_document(&doc) {
+        let encrypted = match prepare(client, &file, options, &existing, &mut seen_ids) {
             Ok(e) => e,
-            Err(e) => {
-                let outcome = settled(FileStatus::Skipped {
-                    reason: e.to_string(),
-                });
-                progress(Progress::File(&outcome));
-                summary.record(outcome);
+            Err(status) => {
+                settle(&mut summary, &mut progress, file.shown_as, status);
                 continue;
             }
         };
@@ -300,6 +276,17 @@ pub fn upload(
                 &mut summary,
                 &mut progress,
             );
+            if summary.stopped.is_some() {
+                settle(
+                    &mut summary,
+                    &mut progress,
+                    file.shown_as,
+                    FileStatus::NotUploaded {
+                        reason: "the upload stopped before this file".into(),
+                    },
+                );
+                continue;
+            }
         }
         batch.push(file.shown_as, encrypted);
         if batch.chunks >= options.batch_chunks {
@@ -332,6 +319,55 @@ pub fn upload(
     Ok(summary)
 }
 
+fn settle(
+    summary: &mut UploadSummary,
+    progress: &mut impl FnMut(Progress<'_>),
+    path: String,
+    status: FileStatus,
+) {
+    let outcome = FileOutcome { path, status };
+    progress(Progress::File(&outcome));
+    summary.record(outcome);
+}
+
+/// Reads, cuts and encrypts one file, or says why it is not to be sent.
+fn prepare(
+    client: &EncryptedClient,
+    file: &FoundFile,
+    options: &UploadOptions,
+    existing: &HashMap<String, String>,
+    seen_ids: &mut HashMap<String, String>,
+) -> Result<DocumentUpload, FileStatus> {
+    let skipped = |reason: String| FileStatus::Skipped { reason };
+    if FileKind::of(&file.path).is_none() {
+        return Err(skipped(ExtractError::Unsupported.to_string()));
+    }
+    let doc = TextDocument::from_file(
+        &file.path,
+        &file.shown_as,
+        client.encoder_tokenizer(),
+        &options.chunking,
+    )
+    .map_err(|e| skipped(e.to_string()))?;
+    if doc.chunks.len() > MAX_CHUNKS_PER_DOCUMENT {
+        return Err(skipped(format!(
+            "too long: {} chunks, at most {MAX_CHUNKS_PER_DOCUMENT} per document (split the file)",
+            doc.chunks.len()
+        )));
+    }
+    let doc_id = client.document_id(&doc.text);
+    if let Some(first) = seen_ids.get(&doc_id) {
+        return Err(FileStatus::Duplicate { of: first.clone() });
+    }
+    seen_ids.insert(doc_id.clone(), file.shown_as.clone());
+    if existing.get(&doc_id) == Some(&client.content_hash(&doc)) {
+        return Err(FileStatus::Unchanged);
+    }
+    client
+        .encrypt_document(&doc)
+        .map_err(|e| skipped(e.to_string()))
+}
+
 /// The collection's documents: id → content hash.
 fn existing_documents(
     client: &EncryptedClient,
@@ -353,52 +389,36 @@ fn existing_documents(
     }
 }
 
-/// Documents waiting to be sent together.
-#[derive(Default)]
-struct Batch {
-    files: Vec<(String, usize, usize, usize)>,
-    documents: Vec<DocumentUpload>,
-    chunks: usize,
-}
-
-impl Batch {
-    fn is_empty(&self) -> bool {
-        self.documents.is_empty()
-    }
-
-    fn push(&mut self, shown_as: String, doc: DocumentUpload) {
-        let encoder_tokens = doc.chunks.iter().map(|c| c.encoder_ids.len()).sum();
-        let generator_tokens = doc.chunks.iter().map(|c| c.generator_ids.len()).sum();
-        self.files
-            .push((shown_as, doc.chunks.len(), encoder_tokens, generator_tokens));
-        self.chunks += doc.chunks.len();
-        self.documents.push(doc);
+/// Splits a client error into what retrying may fix (the host's) and what
+/// it cannot (the key's, the client's own).
+fn into_remote(e: ClientError) -> Retry<ClientError> {
+    match e {
+        ClientError::Remote(r) => Retry::Remote(r),
+        other => Retry::Final(other),
     }
 }
 
-/// Sends a batch, retrying while the host is busy or unreachable, and
-/// records its files' outcomes. A failure that retrying cannot fix stops
-/// the upload.
-fn send(
-    client: &EncryptedClient,
-    collection: &str,
-    batch: &mut Batch,
+/// An error for [`with_retries`]: the host's (maybe retried) or final.
+enum Retry<E> {
+    Remote(RemoteError),
+    Final(E),
+}
+
+/// Runs `f`, trying again with backoff while the host is busy or
+/// unreachable. The outer error is the host's last one; the inner result
+/// is `f`'s own (a final error is not retried).
+fn with_retries<T, E>(
     options: &UploadOptions,
-    summary: &mut UploadSummary,
     progress: &mut impl FnMut(Progress<'_>),
-) {
-    let request = eerag_shared::wire::UpsertRequest {
-        key_id: client.cipher().key_id(),
-        documents: std::mem::take(&mut batch.documents),
-    };
-    let files = std::mem::take(&mut batch.files);
-    batch.chunks = 0;
+    mut f: impl FnMut() -> Result<T, Retry<E>>,
+) -> Result<Result<T, E>, RemoteError> {
     let mut wait = options.backoff;
     let mut attempt = 1;
-    let result = loop {
-        match client.host().upsert(collection, &request) {
-            Ok(r) => break Ok(r),
-            Err(e) if attempt < options.attempts.max(1) && retryable(&e) => {
+    loop {
+        match f() {
+            Ok(v) => return Ok(Ok(v)),
+            Err(Retry::Final(e)) => return Ok(Err(e)),
+            Err(Retry::Remote(e)) if attempt < options.attempts.max(1) && retryable(&e) => {
                 let asked = match &e {
                     RemoteError::Status {
                         retry_after: Some(s),
@@ -414,37 +434,137 @@ fn send(
                 wait = (wait * 2).min(Duration::from_secs(30));
                 attempt += 1;
             }
-            Err(e) => break Err(e),
+            Err(Retry::Remote(e)) => return Err(e),
         }
+    }
+}
+
+/// Documents waiting to be sent together.
+#[derive(Default)]
+struct Batch {
+    files: Vec<(String, DocumentUpload)>,
+    chunks: usize,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    fn push(&mut self, shown_as: String, doc: DocumentUpload) {
+        self.chunks += doc.chunks.len();
+        self.files.push((shown_as, doc));
+    }
+}
+
+/// Whether the host refused these documents themselves (so sending them
+/// one by one tells which), rather than the client or the collection.
+fn refused_content(e: &RemoteError) -> bool {
+    matches!(
+        e,
+        RemoteError::Status {
+            status: 400 | 413,
+            ..
+        }
+    )
+}
+
+/// Sends a batch, retrying while the host is busy or unreachable, and
+/// records its files' outcomes. If the host refuses the batch's content,
+/// its documents go one by one so only the refused ones are left out; a
+/// failure that retrying cannot fix stops the upload.
+fn send(
+    client: &EncryptedClient,
+    collection: &str,
+    batch: &mut Batch,
+    options: &UploadOptions,
+    summary: &mut UploadSummary,
+    progress: &mut impl FnMut(Progress<'_>),
+) {
+    let files = std::mem::take(&mut batch.files);
+    batch.chunks = 0;
+    let put = |docs: Vec<DocumentUpload>, progress: &mut dyn FnMut(Progress<'_>)| {
+        let request = eerag_shared::wire::UpsertRequest {
+            key_id: client.cipher().key_id(),
+            documents: docs,
+        };
+        with_retries::<_, RemoteError>(options, &mut |p| progress(p), || {
+            client
+                .host()
+                .upsert(collection, &request)
+                .map_err(Retry::Remote)
+        })
+        .map(|inner| inner.map(|_| ()))
     };
-    match result {
-        Ok(_) => {
-            for (path, chunks, encoder_tokens, generator_tokens) in files {
-                let outcome = FileOutcome {
-                    path,
-                    status: FileStatus::Uploaded {
-                        chunks,
-                        encoder_tokens,
-                        generator_tokens,
-                    },
-                };
-                progress(Progress::File(&outcome));
-                summary.record(outcome);
+    let uploaded = |doc: &DocumentUpload| FileStatus::Uploaded {
+        chunks: doc.chunks.len(),
+        encoder_tokens: doc.chunks.iter().map(|c| c.encoder_ids.len()).sum(),
+        generator_tokens: doc.chunks.iter().map(|c| c.generator_ids.len()).sum(),
+    };
+    let several = files.len() > 1;
+    let docs: Vec<DocumentUpload> = files.iter().map(|(_, d)| d.clone()).collect();
+    let whole = put(docs, &mut |p| progress(p));
+    match whole {
+        Ok(Ok(())) => {
+            for (path, doc) in files {
+                let status = uploaded(&doc);
+                settle(summary, progress, path, status);
             }
         }
-        Err(e) => {
+        Err(e) if several && refused_content(&e) => {
+            for (path, doc) in files {
+                if summary.stopped.is_some() {
+                    settle(
+                        summary,
+                        progress,
+                        path,
+                        FileStatus::NotUploaded {
+                            reason: "the upload stopped before this file".into(),
+                        },
+                    );
+                    continue;
+                }
+                let status = uploaded(&doc);
+                match put(vec![doc], &mut |p| progress(p)) {
+                    Ok(Ok(())) => settle(summary, progress, path, status),
+                    Err(e) if refused_content(&e) => settle(
+                        summary,
+                        progress,
+                        path,
+                        FileStatus::NotUploaded {
+                            reason: explain(&e),
+                        },
+                    ),
+                    Err(e) | Ok(Err(e)) => {
+                        let reason = explain(&e);
+                        settle(
+                            summary,
+                            progress,
+                            path,
+                            FileStatus::NotUploaded {
+                                reason: reason.clone(),
+                            },
+                        );
+                        summary.stopped = Some(reason);
+                    }
+                }
+            }
+        }
+        Err(e) | Ok(Err(e)) => {
             let reason = explain(&e);
-            for (path, ..) in files {
-                let outcome = FileOutcome {
+            for (path, _) in files {
+                settle(
+                    summary,
+                    progress,
                     path,
-                    status: FileStatus::NotUploaded {
+                    FileStatus::NotUploaded {
                         reason: reason.clone(),
                     },
-                };
-                progress(Progress::File(&outcome));
-                summary.record(outcome);
+                );
             }
-            summary.stopped = Some(reason);
+            if !refused_content(&e) {
+                summary.stopped = Some(reason);
+            }
         }
     }
 }

@@ -85,6 +85,11 @@ for chunk in client.chat.completions.create(
 texts = ["vaccine refrigerator temperature", "legal fees"]
 floats = client.embeddings.create(model=models[1], input=texts, encoding_format="float")
 default = client.embeddings.create(model=models[1], input=texts)
+usage = None
+for chunk in client.chat.completions.create(
+        model=models[0], max_tokens=4, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": question}]):
+    usage = chunk.usage or usage
 try:
     client.chat.completions.create(model=models[0], messages=[])
     refused = None
@@ -100,6 +105,7 @@ print(json.dumps({
     "floats": [d.embedding for d in floats.data],
     "default": [d.embedding for d in default.data],
     "refused": refused,
+    "stream_usage": usage.completion_tokens if usage else None,
 }))
 "#;
 
@@ -198,6 +204,15 @@ fn an_unmodified_openai_client_talks_to_the_gateway() {
     assert_eq!(whole, direct.text.trim());
     assert_eq!(got["usage"].as_u64().unwrap() as usize, direct.ids.len());
     assert_eq!(got["refused"], 400);
+    assert_eq!(got["stream_usage"], 4, "{got:#}");
+
+    // A page that rebinds its own domain to 127.0.0.1 is turned away.
+    let r = reqwest::blocking::Client::new()
+        .get(format!("{base}/models"))
+        .header("Host", "attacker.example")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
 
     // Embeddings: the public model's vectors, recovered through the key,
     // in both encodings.

@@ -179,10 +179,7 @@ fn the_demo_runs_the_whole_pipeline_and_cleans_up() {
     for q in ["Q1:", "Q2:", "Q3:"] {
         assert!(out.contains(q), "{out}");
     }
-    assert!(
-        out.matches("source: datasets/sample/").count() >= 3,
-        "{out}"
-    );
+    assert!(out.matches("source: sample/").count() >= 3, "{out}");
     assert!(out.contains("clinic-handbook.md"), "{out}");
     assert!(out.contains("the host"), "{out}");
     assert!(out.contains("removed the demo's temporary files"), "{out}");

@@ -53,7 +53,7 @@ pub(crate) fn pdf_with_text(lines: &[&str]) -> Vec<u8> {
     out
 }
 
-/// Seven files of every kind (three unreadable) and a hidden folder.
+/// Eight files of every kind (three unreadable) and a hidden folder.
 fn mixed_folder(root: &Path) {
     let write = |name: &str, bytes: &[u8]| {
         let p = root.join(name);
@@ -66,6 +66,14 @@ fn mixed_folder(root: &Path) {
           The Zorbex valve on cooling tower B must be inspected every fourteen days by the night crew. \
           Each inspection is written into the blue binder kept in the control room.\n\n\
           Pumps on the east side are serviced by an outside contractor twice a year.",
+    );
+    // Long enough for several chunks; the encoder's NFD splits each
+    // syllable into jamo tokens that share its byte range.
+    write(
+        "notes/회의록.txt",
+        "주간 회의에서 냉각탑 점검 일정과 예산 문제를 논의했습니다. 다음 회의는 금요일입니다. "
+            .repeat(30)
+            .as_bytes(),
     );
     write(
         "guide.md",
@@ -151,8 +159,8 @@ fn upload_a_mixed_folder_twice_then_search_and_ask() {
     let o = upload();
     assert!(o.status.success(), "{}", stderr(&o));
     let first = json_of(&o);
-    assert_eq!(first["files"], 7, "{first:#}");
-    assert_eq!(first["uploaded"], 4, "{first:#}");
+    assert_eq!(first["files"], 8, "{first:#}");
+    assert_eq!(first["uploaded"], 5, "{first:#}");
     assert_eq!(first["skipped"], 3, "{first:#}");
     assert_eq!(first["not_uploaded"], 0);
     let reason = |name: &str| {
@@ -169,18 +177,25 @@ fn upload_a_mixed_folder_twice_then_search_and_ask() {
     assert!(reason("broken.pdf").contains("PDF"), "{first:#}");
     assert!(reason("firmware.bin").contains("unsupported"), "{first:#}");
     assert!(reason("dump.txt").contains("not text"), "{first:#}");
+    let korean = first["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["path"].as_str().unwrap().ends_with("회의록.txt"))
+        .unwrap();
+    assert!(korean["chunks"].as_u64().unwrap() >= 2, "{korean:#}");
     let chunks = first["chunks"].as_u64().unwrap();
-    assert!(chunks >= 4);
+    assert!(chunks >= 7, "{first:#}");
 
     // Again: nothing is sent twice, nothing duplicated.
     let o = upload();
     assert!(o.status.success(), "{}", stderr(&o));
     let second = json_of(&o);
     assert_eq!(second["uploaded"], 0, "{second:#}");
-    assert_eq!(second["unchanged"], 4, "{second:#}");
+    assert_eq!(second["unchanged"], 5, "{second:#}");
     let client = server.client(&s);
     let docs = client.host().list_documents("docs", None, 100).unwrap();
-    assert_eq!(docs.documents.len(), 4);
+    assert_eq!(docs.documents.len(), 5);
     let stored: u64 = docs.documents.iter().map(|d| d.chunks as u64).sum();
     assert_eq!(stored, chunks);
 
@@ -238,7 +253,7 @@ fn upload_a_mixed_folder_twice_then_search_and_ask() {
             .unwrap()
             .documents
             .len(),
-        4
+        5
     );
 
     // No host there: one line that says so.

@@ -9,10 +9,9 @@
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use eerag_ingest::client::{AskOptions, EncryptedClient, TextDocument};
+use eerag_benches::side::HostSide as Side;
+use eerag_ingest::client::{AskOptions, TextDocument};
 use eerag_ingest::ranking::compare_rankings;
-use eerag_ingest::remote::HostClient;
-use eerag_query::server::{BackgroundServer, ServeConfig};
 use eerag_shared::models::fetch::ModelsDir;
 use eerag_shared::wire::SearchMode;
 use eerag_shared::Key;
@@ -39,36 +38,6 @@ const QUESTIONS: [&str; 4] = [
     "Why did the settlement worker stall?",
     "Who approves a refund of the retainer?",
 ];
-
-/// One side: a host and the client in front of it.
-struct Side {
-    // Fields drop in order: the server closes its store before the files go.
-    server: BackgroundServer,
-    client: EncryptedClient,
-    _dir: tempfile::TempDir,
-}
-
-impl Side {
-    fn start(key: &Key, models: &ModelsDir) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let artifacts = dir.path().join("artifacts");
-        eerag_shared::transform::transform(
-            key,
-            &models.encoder_dir(),
-            &models.generator_gguf(),
-            &artifacts,
-            false,
-        )?;
-        let server =
-            BackgroundServer::start(ServeConfig::local(artifacts, dir.path().join("data")))?;
-        let client = EncryptedClient::connect(HostClient::new(&server.url(), None)?, key, models)?;
-        Ok(Self {
-            _dir: dir,
-            server,
-            client,
-        })
-    }
-}
 
 /// The corpus of one round: `copies` copies of the sample paragraphs, each
 /// copy a distinct document set.

@@ -4,6 +4,7 @@ mod bench;
 mod bench_host;
 mod client_cmds;
 mod demo;
+mod eval_cmd;
 mod gateway;
 mod serve;
 mod workload;
@@ -77,6 +78,9 @@ enum Command {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
+    /// Retrieval quality (nDCG@10, recall@100, MRR@10) of the encrypted
+    /// pipeline and of the plaintext one, on a BEIR-format dataset.
+    Eval(eval_cmd::EvalArgs),
     /// Measure encrypted vs plaintext speed side by side.
     Bench(bench::BenchArgs),
     /// Run the host: the REST API over the embedded store and the transformed
@@ -207,6 +211,7 @@ fn main() -> Result<()> {
             question,
             keep,
         } => demo::run(&models, &question, keep.as_deref())?,
+        Command::Eval(args) => eval_cmd::run(&args)?,
         Command::Bench(args) => bench::run(&args)?,
         Command::Serve(args) => serve::run(args)?,
         Command::Upload(args) => client_cmds::upload(&args)?,

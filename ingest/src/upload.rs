@@ -215,6 +215,61 @@ pub fn upload(
     collection: &str,
     paths: &[PathBuf],
     options: &UploadOptions,
+    progress: impl FnMut(Progress<'_>),
+) -> Result<UploadSummary, UploadError> {
+    let (files, missing) = find_files(paths);
+    let total = files.len() + missing.len();
+    let missing = missing.into_iter().map(|o| (o.path, Err(o.status)));
+    let read = files.into_iter().map(|file| {
+        let doc = if FileKind::of(&file.path).is_none() {
+            Err(FileStatus::Skipped {
+                reason: ExtractError::Unsupported.to_string(),
+            })
+        } else {
+            TextDocument::from_file(
+                &file.path,
+                &file.shown_as,
+                client.encoder_tokenizer(),
+                &options.chunking,
+            )
+            .map_err(|e| FileStatus::Skipped {
+                reason: e.to_string(),
+            })
+        };
+        (file.shown_as, doc)
+    });
+    upload_items(
+        client,
+        collection,
+        total,
+        missing.chain(read),
+        options,
+        progress,
+    )
+}
+
+/// Uploads documents already read and cut (e.g. an evaluation corpus), with
+/// the batching, retries, skipping of unchanged documents and refusal
+/// handling of [`upload`]; each is named by its `path`.
+pub fn upload_documents(
+    client: &EncryptedClient,
+    collection: &str,
+    docs: Vec<TextDocument>,
+    options: &UploadOptions,
+    progress: impl FnMut(Progress<'_>),
+) -> Result<UploadSummary, UploadError> {
+    let total = docs.len();
+    let items = docs.into_iter().map(|d| (d.path.clone(), Ok(d)));
+    upload_items(client, collection, total, items, options, progress)
+}
+
+/// The upload loop over named documents (or why a name has none).
+fn upload_items(
+    client: &EncryptedClient,
+    collection: &str,
+    total: usize,
+    items: impl Iterator<Item = (String, Result<TextDocument, FileStatus>)>,
+    options: &UploadOptions,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<UploadSummary, UploadError> {
     options
@@ -233,37 +288,26 @@ pub fn upload(
     .map_err(|e| UploadError::Client(e.into()))?
     .map_err(UploadError::Client)?;
 
-    let (files, missing) = find_files(paths);
     let mut summary = UploadSummary {
-        files: files.len() + missing.len(),
+        files: total,
         ..UploadSummary::default()
     };
-    progress(Progress::Found {
-        files: summary.files,
-    });
-    for outcome in missing {
-        progress(Progress::File(&outcome));
-        summary.record(outcome);
-    }
-
+    progress(Progress::Found { files: total });
+    let stopped = || FileStatus::NotUploaded {
+        reason: "the upload stopped before this file".into(),
+    };
     let mut batch = Batch::default();
     let mut seen_ids: HashMap<String, String> = HashMap::new();
-    for file in files {
+    for (name, doc) in items {
         if summary.stopped.is_some() {
-            settle(
-                &mut summary,
-                &mut progress,
-                file.shown_as,
-                FileStatus::NotUploaded {
-                    reason: "the upload stopped before this file".into(),
-                },
-            );
+            settle(&mut summary, &mut progress, name, stopped());
             continue;
         }
-        let encrypted = match prepare(client, &file, options, &existing, &mut seen_ids) {
+        let encrypted = match doc.and_then(|d| prepare(client, &name, &d, &existing, &mut seen_ids))
+        {
             Ok(e) => e,
             Err(status) => {
-                settle(&mut summary, &mut progress, file.shown_as, status);
+                settle(&mut summary, &mut progress, name, status);
                 continue;
             }
         };
@@ -277,18 +321,11 @@ pub fn upload(
                 &mut progress,
             );
             if summary.stopped.is_some() {
-                settle(
-                    &mut summary,
-                    &mut progress,
-                    file.shown_as,
-                    FileStatus::NotUploaded {
-                        reason: "the upload stopped before this file".into(),
-                    },
-                );
+                settle(&mut summary, &mut progress, name, stopped());
                 continue;
             }
         }
-        batch.push(file.shown_as, encrypted);
+        batch.push(name, encrypted);
         if batch.chunks >= options.batch_chunks {
             send(
                 client,
@@ -330,42 +367,35 @@ fn settle(
     summary.record(outcome);
 }
 
-/// Reads, cuts and encrypts one file, or says why it is not to be sent.
+/// Checks and encrypts one document, or says why it is not to be sent.
 fn prepare(
     client: &EncryptedClient,
-    file: &FoundFile,
-    options: &UploadOptions,
+    name: &str,
+    doc: &TextDocument,
     existing: &HashMap<String, String>,
     seen_ids: &mut HashMap<String, String>,
 ) -> Result<DocumentUpload, FileStatus> {
-    let skipped = |reason: String| FileStatus::Skipped { reason };
-    if FileKind::of(&file.path).is_none() {
-        return Err(skipped(ExtractError::Unsupported.to_string()));
-    }
-    let doc = TextDocument::from_file(
-        &file.path,
-        &file.shown_as,
-        client.encoder_tokenizer(),
-        &options.chunking,
-    )
-    .map_err(|e| skipped(e.to_string()))?;
     if doc.chunks.len() > MAX_CHUNKS_PER_DOCUMENT {
-        return Err(skipped(format!(
-            "too long: {} chunks, at most {MAX_CHUNKS_PER_DOCUMENT} per document (split the file)",
-            doc.chunks.len()
-        )));
+        return Err(FileStatus::Skipped {
+            reason: format!(
+                "too long: {} chunks, at most {MAX_CHUNKS_PER_DOCUMENT} per document (split the file)",
+                doc.chunks.len()
+            ),
+        });
     }
     let doc_id = client.document_id(&doc.text);
     if let Some(first) = seen_ids.get(&doc_id) {
         return Err(FileStatus::Duplicate { of: first.clone() });
     }
-    seen_ids.insert(doc_id.clone(), file.shown_as.clone());
-    if existing.get(&doc_id) == Some(&client.content_hash(&doc)) {
+    seen_ids.insert(doc_id.clone(), name.to_string());
+    if existing.get(&doc_id) == Some(&client.content_hash(doc)) {
         return Err(FileStatus::Unchanged);
     }
     client
-        .encrypt_document(&doc)
-        .map_err(|e| skipped(e.to_string()))
+        .encrypt_document(doc)
+        .map_err(|e| FileStatus::Skipped {
+            reason: e.to_string(),
+        })
 }
 
 /// The collection's documents: id → content hash.

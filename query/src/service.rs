@@ -26,6 +26,36 @@ use crate::metrics::Metrics;
 /// server's in-flight request limit bounds how many wait).
 pub const STORE_SLOTS: usize = 16;
 
+/// Scores this close (relative) are one rank in fusion: float
+/// reassociation under a key (BM25 sums terms in the ids' order, the
+/// rotation reorders a dot product) moves scores by about 1e-7, and must not
+/// move ranks.
+pub const TIE_TOLERANCE: f32 = 1e-5;
+
+/// Extra hits each retriever fetches so ties at its cut are kept whole.
+const TIE_SLACK: usize = 32;
+
+/// Whether two retriever scores are equal up to [`TIE_TOLERANCE`],
+/// relative for large scores and absolute below 1 (a cosine near zero has
+/// the same absolute rounding error as any other).
+pub fn near_tie(a: f32, b: f32) -> bool {
+    (a - b).abs() <= TIE_TOLERANCE * a.abs().max(b.abs()).max(1.0)
+}
+
+/// The first `depth` hits, and any after them tied with the last of those.
+fn cut_after_ties(mut hits: Vec<ScoredChunk>, depth: usize) -> Vec<ScoredChunk> {
+    if hits.len() > depth && depth > 0 {
+        let last = hits[depth - 1].score;
+        let keep = depth
+            + hits[depth..]
+                .iter()
+                .take_while(|h| near_tie(h.score, last))
+                .count();
+        hits.truncate(keep);
+    }
+    hits
+}
+
 /// Reciprocal-rank fusion constant (Cormack et al., 2009).
 pub const RRF_K: f32 = 60.0;
 
@@ -578,6 +608,10 @@ impl Service {
             SearchMode::Hybrid => (k * 2).max(50).min(self.limits.max_search_k),
             _ => k,
         };
+        // Each retriever looks a little past its depth so that hits tied
+        // with the last one are all kept (which of them a cut keeps would
+        // otherwise depend on their keyed ids, and so on the key).
+        let fetch = depth + TIE_SLACK;
         let dense = match mode {
             SearchMode::Dense | SearchMode::Hybrid => {
                 let vector = self
@@ -588,8 +622,9 @@ impl Service {
                     .expect("one vector per sequence");
                 let c = collection.clone();
                 Some(
-                    self.blocking(move || c.dense_search(&vector, depth))
-                        .await?,
+                    self.blocking(move || c.dense_search(&vector, fetch))
+                        .await
+                        .map(|hits| cut_after_ties(hits, depth))?,
                 )
             }
             SearchMode::Keyword => None,
@@ -598,7 +633,11 @@ impl Service {
             SearchMode::Keyword | SearchMode::Hybrid => {
                 let c = collection.clone();
                 let q = EncEncoderIds::new(collection.meta().key_id, query_ids);
-                Some(self.blocking(move || c.keyword_search(&q, depth)).await?)
+                Some(
+                    self.blocking(move || c.keyword_search(&q, fetch))
+                        .await
+                        .map(|hits| cut_after_ties(hits, depth))?,
+                )
             }
             SearchMode::Dense => None,
         };
@@ -842,9 +881,11 @@ pub fn reciprocal_rank_fusion(lists: &[Vec<ScoredChunk>]) -> Vec<ScoredChunk> {
     let mut order: Vec<ChunkId> = Vec::new();
     for list in lists {
         let mut rank = 0;
+        let mut group_score = f32::NAN;
         for (position, hit) in list.iter().enumerate() {
-            if position == 0 || hit.score != list[position - 1].score {
+            if position == 0 || !near_tie(hit.score, group_score) {
                 rank = position + 1;
+                group_score = hit.score;
             }
             let add = 1.0 / (RRF_K + rank as f32);
             match fused.get_mut(&hit.chunk_id) {
@@ -919,5 +960,26 @@ mod tests {
         // b and c share rank 2; d is 4th.
         assert_eq!(score(&f1, "b"), 1.0 / (RRF_K + 2.0));
         assert_eq!(score(&f1, "d"), 1.0 / (RRF_K + 4.0) + 1.0 / (RRF_K + 2.0));
+        // Scores a float reassociation apart are tied too.
+        let near = vec![
+            hit("a", 2.0),
+            hit("c", 1.000_000_1),
+            hit("b", 1.0),
+            hit("d", 0.5),
+        ];
+        let f3 = reciprocal_rank_fusion(&[near, vec![hit("c", 0.9), hit("d", 0.8)]]);
+        for d in ["a", "b", "c", "d"] {
+            assert_eq!(score(&f1, d).to_bits(), score(&f3, d).to_bits(), "{d}");
+        }
+    }
+
+    #[test]
+    fn a_cut_keeps_every_hit_tied_with_the_last() {
+        let hits = vec![hit("a", 3.0), hit("b", 2.0), hit("c", 2.0), hit("d", 1.0)];
+        let ids = |v: &[ScoredChunk]| v.len();
+        assert_eq!(ids(&cut_after_ties(hits.clone(), 2)), 3);
+        assert_eq!(ids(&cut_after_ties(hits.clone(), 3)), 3);
+        assert_eq!(ids(&cut_after_ties(hits.clone(), 1)), 1);
+        assert_eq!(ids(&cut_after_ties(hits, 10)), 4);
     }
 }

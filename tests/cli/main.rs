@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod client;
+mod eval;
 mod gateway;
 mod serve;
 

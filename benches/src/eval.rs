@@ -1,0 +1,311 @@
+//! `eerag eval`: retrieval quality of the encrypted pipeline next to the
+//! same pipeline under the identity key (plaintext), on a BEIR dataset.
+//! Both go through the real client, upload job, HTTP host and store.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use eerag_ingest::chunking::ChunkingOptions;
+use eerag_ingest::client::{ClientError, Hit, TextDocument};
+use eerag_ingest::extract::{normalize, Extracted};
+use eerag_ingest::ranking::compare_rankings_with_floor;
+use eerag_ingest::upload::{upload_documents, UploadError, UploadOptions};
+use eerag_shared::models::fetch::ModelsDir;
+use eerag_shared::wire::SearchMode;
+use eerag_shared::Key;
+use serde::Serialize;
+
+use crate::beir::{BeirError, Dataset};
+use crate::ir_metrics::{mrr_at, ndcg_at, recall_at};
+use crate::side::{HostSide, SideError};
+
+/// Chunks retrieved per query: enough distinct documents for recall@100
+/// when documents have a few chunks each.
+pub const DEFAULT_DEPTH: usize = 300;
+
+/// Relative score difference under which two hits count as tied (float
+/// reassociation under the key may swap them): the host's own.
+pub use eerag_query::service::TIE_TOLERANCE;
+
+/// Errors of an evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Dataset(#[from] BeirError),
+    #[error(transparent)]
+    Side(#[from] SideError),
+    #[error("upload: {0}")]
+    Upload(#[from] UploadError),
+    #[error("search: {0}")]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What to evaluate.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    pub dataset: PathBuf,
+    /// Use at most this many documents (the judged ones first).
+    pub max_docs: Option<usize>,
+    /// Use at most this many judged queries.
+    pub max_queries: Option<usize>,
+    pub modes: Vec<SearchMode>,
+    pub chunking: ChunkingOptions,
+    /// Chunks retrieved per query.
+    pub depth: usize,
+}
+
+/// The three metrics, averaged over the queries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Metrics {
+    #[serde(rename = "nDCG@10")]
+    pub ndcg_10: f64,
+    #[serde(rename = "recall@100")]
+    pub recall_100: f64,
+    #[serde(rename = "MRR@10")]
+    pub mrr_10: f64,
+}
+
+/// One mode's results on both pipelines.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModeReport {
+    pub mode: String,
+    pub encrypted: Metrics,
+    pub plaintext: Metrics,
+    /// Queries whose document rankings are exactly the same.
+    pub identical_rankings: usize,
+    /// Queries whose chunk rankings agree up to swaps of near-tied scores.
+    pub equivalent_rankings: usize,
+    pub queries: usize,
+    /// Up to five queries whose rankings differ beyond near-ties, each with
+    /// where.
+    pub differing_queries: Vec<String>,
+}
+
+/// The whole report (`--json` prints it).
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub dataset: String,
+    pub documents: usize,
+    pub chunks: usize,
+    pub queries: usize,
+    pub depth: usize,
+    pub modes: Vec<ModeReport>,
+    /// Ingest time of each pipeline, seconds.
+    pub ingest_seconds_encrypted: f64,
+    pub ingest_seconds_plaintext: f64,
+    /// Search time of each pipeline over all queries and modes, seconds.
+    pub search_seconds_encrypted: f64,
+    pub search_seconds_plaintext: f64,
+}
+
+impl EvalReport {
+    /// True when every query ranks the same in both pipelines (up to
+    /// near-ties) in the dense and keyword modes. Hybrid fusion is left
+    /// out: it turns a near-tie that swapped into a rank one apart, which
+    /// can move a fused hit by a place or two; its count is reported.
+    pub fn retrievers_equivalent(&self) -> bool {
+        self.modes
+            .iter()
+            .filter(|m| m.mode != "hybrid")
+            .all(|m| m.equivalent_rankings == m.queries)
+    }
+}
+
+/// What one pipeline retrieved: per mode, per query, the hits.
+struct Retrieved {
+    hits: HashMap<(usize, String), Vec<Hit>>,
+    ingest_seconds: f64,
+    search_seconds: f64,
+    chunks: usize,
+}
+
+fn mode_name(mode: SearchMode) -> &'static str {
+    match mode {
+        SearchMode::Dense => "dense",
+        SearchMode::Keyword => "keyword",
+        SearchMode::Hybrid => "hybrid",
+    }
+}
+
+/// Documents in ranking order: each document at its best chunk's place.
+fn document_ranking(hits: &[Hit]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    hits.iter()
+        .filter(|h| seen.insert(h.metadata.path.clone()))
+        .map(|h| h.metadata.path.clone())
+        .collect()
+}
+
+fn run_side(
+    key: &Key,
+    models: &ModelsDir,
+    data: &Dataset,
+    options: &EvalOptions,
+    progress: &mut impl FnMut(&str),
+) -> Result<Retrieved, EvalError> {
+    let side = HostSide::start(key, models)?;
+    let client = &side.client;
+    let docs: Vec<TextDocument> = data
+        .corpus
+        .iter()
+        .filter_map(|d| {
+            let text = normalize(&format!("{}\n\n{}", d.title, d.text));
+            let extracted = Extracted {
+                title: d.title.clone(),
+                text,
+            };
+            TextDocument::from_text(
+                &d.id,
+                extracted,
+                client.encoder_tokenizer(),
+                &options.chunking,
+            )
+            .ok()
+        })
+        .collect();
+    let started = Instant::now();
+    let summary = upload_documents(
+        client,
+        "eval",
+        docs,
+        &UploadOptions {
+            chunking: options.chunking,
+            ..UploadOptions::default()
+        },
+        |_| {},
+    )?;
+    if !summary.complete() {
+        return Err(EvalError::Invalid(format!(
+            "the corpus did not upload: {}",
+            summary.stopped.unwrap_or_default()
+        )));
+    }
+    let ingest_seconds = started.elapsed().as_secs_f64();
+    progress(&format!(
+        "  ingested {} documents as {} chunks in {:.1} s ({:.1} chunks/s)",
+        summary.uploaded, summary.chunks, ingest_seconds, summary.chunks_per_sec
+    ));
+    let started = Instant::now();
+    let mut hits = HashMap::new();
+    for (i, q) in data.queries.iter().enumerate() {
+        for &mode in &options.modes {
+            let found = client.search("eval", &q.text, options.depth, mode)?;
+            hits.insert((i, mode_name(mode).to_string()), found);
+        }
+    }
+    let search_seconds = started.elapsed().as_secs_f64();
+    progress(&format!(
+        "  ran {} searches in {:.1} s",
+        data.queries.len() * options.modes.len(),
+        search_seconds
+    ));
+    Ok(Retrieved {
+        hits,
+        ingest_seconds,
+        search_seconds,
+        chunks: summary.chunks,
+    })
+}
+
+/// Runs the evaluation; `progress` gets a line per stage.
+pub fn run(
+    models: &ModelsDir,
+    options: &EvalOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<EvalReport, EvalError> {
+    if options.modes.is_empty() || options.depth == 0 {
+        return Err(EvalError::Invalid(
+            "need at least one mode and depth > 0".into(),
+        ));
+    }
+    let data = Dataset::load(&options.dataset)?.slice(options.max_docs, options.max_queries);
+    if data.queries.is_empty() {
+        return Err(EvalError::Invalid(format!(
+            "{} has no query with a relevant document",
+            options.dataset.display()
+        )));
+    }
+    progress(&format!(
+        "{}: {} documents, {} judged queries",
+        options.dataset.display(),
+        data.corpus.len(),
+        data.queries.len()
+    ));
+    progress("encrypted pipeline (throwaway key):");
+    let encrypted = run_side(
+        &Key::generate().map_err(SideError::from)?,
+        models,
+        &data,
+        options,
+        &mut progress,
+    )?;
+    progress("plaintext pipeline (identity key):");
+    let plaintext = run_side(&Key::identity(), models, &data, options, &mut progress)?;
+
+    let mut modes = Vec::new();
+    for &mode in &options.modes {
+        let name = mode_name(mode).to_string();
+        let (mut enc, mut pla) = (Metrics::default(), Metrics::default());
+        let (mut identical, mut equivalent) = (0, 0);
+        let mut differing = Vec::new();
+        for (i, q) in data.queries.iter().enumerate() {
+            let judged = &data.qrels[&q.id];
+            let key = (i, name.clone());
+            let (e, p) = (&encrypted.hits[&key], &plaintext.hits[&key]);
+            let (de, dp) = (document_ranking(e), document_ranking(p));
+            for (m, d) in [(&mut enc, &de), (&mut pla, &dp)] {
+                m.ndcg_10 += ndcg_at(d, judged, 10);
+                m.recall_100 += recall_at(d, judged, 100);
+                m.mrr_10 += mrr_at(d, judged, 10);
+            }
+            if de == dp {
+                identical += 1;
+            }
+            // Chunk ids differ between keys (they are keyed); compare the
+            // chunks by document and index.
+            let scored = |hits: &[Hit]| -> Vec<(String, f32)> {
+                hits.iter()
+                    .map(|h| (format!("{}#{}", h.metadata.path, h.metadata.chunk), h.score))
+                    .collect()
+            };
+            // Retriever scores tie like the host's fusion ties them; fused
+            // scores are exact sums of 1/(60 + rank), compared relatively.
+            let floor = if mode == SearchMode::Hybrid { 0.0 } else { 1.0 };
+            match compare_rankings_with_floor(&scored(p), &scored(e), TIE_TOLERANCE, floor) {
+                Ok(()) => equivalent += 1,
+                Err(why) if differing.len() < 5 => differing.push(format!("{}: {why}", q.id)),
+                Err(_) => {}
+            }
+        }
+        let n = data.queries.len() as f64;
+        for m in [&mut enc, &mut pla] {
+            m.ndcg_10 /= n;
+            m.recall_100 /= n;
+            m.mrr_10 /= n;
+        }
+        modes.push(ModeReport {
+            mode: name,
+            encrypted: enc,
+            plaintext: pla,
+            identical_rankings: identical,
+            equivalent_rankings: equivalent,
+            queries: data.queries.len(),
+            differing_queries: differing,
+        });
+    }
+    Ok(EvalReport {
+        dataset: options.dataset.display().to_string(),
+        documents: data.corpus.len(),
+        chunks: encrypted.chunks,
+        queries: data.queries.len(),
+        depth: options.depth,
+        modes,
+        ingest_seconds_encrypted: encrypted.ingest_seconds,
+        ingest_seconds_plaintext: plaintext.ingest_seconds,
+        search_seconds_encrypted: encrypted.search_seconds,
+        search_seconds_plaintext: plaintext.search_seconds,
+    })
+}

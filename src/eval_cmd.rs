@@ -1,0 +1,119 @@
+//! `eerag eval`: prints the evaluation of [`eerag_benches::eval`].
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use eerag_benches::eval::{self, EvalOptions, DEFAULT_DEPTH};
+use eerag_ingest::chunking::ChunkingOptions;
+use eerag_shared::wire::SearchMode;
+
+use crate::ModelsArg;
+
+/// `eerag eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// A BEIR-format folder: corpus.jsonl, queries.jsonl, qrels.tsv.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Use at most this many documents (all judged ones first).
+    #[arg(long)]
+    pub docs: Option<usize>,
+    /// Use at most this many judged queries.
+    #[arg(long)]
+    pub queries: Option<usize>,
+    /// Modes to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "dense,keyword,hybrid", value_parser = parse_mode)]
+    pub modes: Vec<SearchMode>,
+    /// Chunks retrieved per query.
+    #[arg(long, default_value_t = DEFAULT_DEPTH)]
+    pub depth: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub models: ModelsArg,
+}
+
+fn parse_mode(s: &str) -> Result<SearchMode, String> {
+    match s {
+        "dense" => Ok(SearchMode::Dense),
+        "keyword" => Ok(SearchMode::Keyword),
+        "hybrid" => Ok(SearchMode::Hybrid),
+        _ => Err("use dense, keyword or hybrid".into()),
+    }
+}
+
+/// Runs the evaluation and prints it; fails when a dense or keyword ranking
+/// differs beyond near-ties between the encrypted and the plaintext
+/// pipeline.
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let models = args.models.require()?;
+    let options = EvalOptions {
+        dataset: args.dataset.clone(),
+        max_docs: args.docs,
+        max_queries: args.queries,
+        modes: args.modes.clone(),
+        chunking: ChunkingOptions::default(),
+        depth: args.depth,
+    };
+    let report = eval::run(&models, &options, |line| eprintln!("{line}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{}: {} documents ({} chunks), {} queries, {} chunks retrieved per query",
+            report.dataset, report.documents, report.chunks, report.queries, report.depth
+        );
+        println!("| mode | pipeline | nDCG@10 | recall@100 | MRR@10 | rankings identical (up to near-ties) |");
+        println!("| --- | --- | --- | --- | --- | --- |");
+        for m in &report.modes {
+            for (side, x) in [("encrypted", &m.encrypted), ("plaintext", &m.plaintext)] {
+                println!(
+                    "| {} | {side} | {:.4} | {:.4} | {:.4} | {}/{} ({}/{}) |",
+                    m.mode,
+                    x.ndcg_10,
+                    x.recall_100,
+                    x.mrr_10,
+                    m.identical_rankings,
+                    m.queries,
+                    m.equivalent_rankings,
+                    m.queries
+                );
+            }
+        }
+        println!(
+            "ingest {:.1} s encrypted, {:.1} s plaintext; searches {:.1} s encrypted, {:.1} s plaintext",
+            report.ingest_seconds_encrypted,
+            report.ingest_seconds_plaintext,
+            report.search_seconds_encrypted,
+            report.search_seconds_plaintext
+        );
+    }
+    let differing: Vec<String> = report
+        .modes
+        .iter()
+        .filter(|m| m.equivalent_rankings != m.queries)
+        .map(|m| {
+            format!(
+                "{}: {} of {} queries, e.g. {:?}",
+                m.mode,
+                m.queries - m.equivalent_rankings,
+                m.queries,
+                m.differing_queries.first()
+            )
+        })
+        .collect();
+    if !report.retrievers_equivalent() {
+        bail!(
+            "encrypted and plaintext rankings differ beyond near-ties: {}",
+            differing.join("; ")
+        );
+    }
+    if !differing.is_empty() && !args.json {
+        eprintln!(
+            "note: hybrid fusion moved hits a place where a near-tie swapped ({})",
+            differing.join("; ")
+        );
+    }
+    Ok(())
+}

@@ -252,7 +252,8 @@ pub struct RetrieveArgs {
     pub json: bool,
 }
 
-fn parse_mode(s: &str) -> Result<SearchMode, String> {
+/// A `--mode` value.
+pub fn parse_mode(s: &str) -> Result<SearchMode, String> {
     match s {
         "dense" => Ok(SearchMode::Dense),
         "keyword" => Ok(SearchMode::Keyword),

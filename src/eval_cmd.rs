@@ -7,6 +7,7 @@ use eerag_benches::eval::{self, EvalOptions, DEFAULT_DEPTH};
 use eerag_ingest::chunking::ChunkingOptions;
 use eerag_shared::wire::SearchMode;
 
+use crate::client_cmds::parse_mode;
 use crate::ModelsArg;
 
 /// `eerag eval`.
@@ -32,15 +33,6 @@ pub struct EvalArgs {
     pub json: bool,
     #[command(flatten)]
     pub models: ModelsArg,
-}
-
-fn parse_mode(s: &str) -> Result<SearchMode, String> {
-    match s {
-        "dense" => Ok(SearchMode::Dense),
-        "keyword" => Ok(SearchMode::Keyword),
-        "hybrid" => Ok(SearchMode::Hybrid),
-        _ => Err("use dense, keyword or hybrid".into()),
-    }
 }
 
 /// Runs the evaluation and prints it; fails when a dense or keyword ranking

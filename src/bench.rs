@@ -49,6 +49,19 @@ pub struct BenchArgs {
     /// With --host: tokens per answer.
     #[arg(long, default_value_t = 32)]
     answer_tokens: usize,
+    /// Benchmark search latency at growing corpus sizes instead, on
+    /// synthetic chunks written straight into two hosts' stores.
+    #[arg(long, conflicts_with = "host")]
+    scale: bool,
+    /// With --scale: corpus sizes in chunks.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    sizes: Vec<usize>,
+    /// With --scale: timed searches per mode, size and pipeline.
+    #[arg(long, default_value_t = 200)]
+    scale_searches: usize,
+    /// With --scale: also draw latency vs corpus size into this SVG file.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
 }
 
 pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
@@ -185,6 +198,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 answer_tokens: args.answer_tokens,
                 json: args.json,
             },
+        );
+    }
+    if args.scale {
+        return crate::bench_scale::run(
+            &models,
+            &eerag_benches::scale::ScaleOptions {
+                sizes: args.sizes.clone(),
+                searches: args.scale_searches,
+                ..Default::default()
+            },
+            args.plot.as_deref(),
+            args.json,
         );
     }
     let pair = Pair::prepare(&models)?;

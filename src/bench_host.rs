@@ -39,6 +39,16 @@ const QUESTIONS: [&str; 4] = [
     "Who approves a refund of the retainer?",
 ];
 
+/// The search queries: the first sentence of every sample paragraph, and
+/// the questions.
+pub(crate) fn queries() -> Vec<String> {
+    sample_paragraphs()
+        .iter()
+        .map(|(_, p)| p.split(". ").next().unwrap_or(p).to_string())
+        .chain(QUESTIONS.iter().map(|q| q.to_string()))
+        .collect()
+}
+
 /// The corpus of one round: `copies` copies of the sample paragraphs, each
 /// copy a distinct document set.
 fn corpus(round: usize, copies: usize) -> Vec<TextDocument> {
@@ -110,11 +120,7 @@ pub fn run(models: &ModelsDir, args: &HostBenchArgs) -> Result<()> {
         Side::start(&key, models).context("starting the encrypted host")?,
     ];
     let setup_secs = started.elapsed().as_secs_f64();
-    let queries: Vec<String> = sample_paragraphs()
-        .iter()
-        .map(|(_, p)| p.split(". ").next().unwrap_or(p).to_string())
-        .chain(QUESTIONS.iter().map(|q| q.to_string()))
-        .collect();
+    let queries = queries();
     let modes = [SearchMode::Dense, SearchMode::Keyword, SearchMode::Hybrid];
 
     let mut ingest = Timing::new();

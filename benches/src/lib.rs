@@ -6,4 +6,6 @@
 pub mod beir;
 pub mod eval;
 pub mod ir_metrics;
+pub mod plot;
+pub mod scale;
 pub mod side;

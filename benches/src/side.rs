@@ -5,6 +5,8 @@
 
 use eerag_ingest::client::{ClientError, EncryptedClient};
 use eerag_ingest::remote::HostClient;
+use eerag_ingest::store::{Store, StoreError};
+use eerag_ingest::EdgeStore;
 use eerag_query::server::{BackgroundServer, ServeConfig, ServeError};
 use eerag_shared::models::fetch::ModelsDir;
 use eerag_shared::{EeError, Key};
@@ -18,6 +20,10 @@ pub enum SideError {
     Serve(#[from] ServeError),
     #[error("connecting to the host: {0}")]
     Client(#[from] ClientError),
+    #[error("seeding the store: {0}")]
+    Seed(#[from] Box<dyn std::error::Error + Send + Sync>),
+    #[error("opening the store: {0}")]
+    Store(#[from] StoreError),
     #[error("temporary folder: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -33,7 +39,26 @@ pub struct HostSide {
 impl HostSide {
     /// Transforms the models for `key` and starts a host on them.
     pub fn start(key: &Key, models: &ModelsDir) -> Result<Self, SideError> {
+        Self::start_seeded(key, models, |_| Ok::<(), StoreError>(()))
+    }
+
+    /// Like [`HostSide::start`], but first hands the host's store, opened
+    /// and not yet served, to `seed` (to write a prepared corpus into it
+    /// without going through the encoder).
+    pub fn start_seeded<E>(
+        key: &Key,
+        models: &ModelsDir,
+        seed: impl FnOnce(&dyn Store) -> Result<(), E>,
+    ) -> Result<Self, SideError>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
         let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        {
+            let (store, _) = EdgeStore::open(&data)?;
+            seed(&store).map_err(|e| SideError::Seed(Box::new(e)))?;
+        }
         let artifacts = dir.path().join("artifacts");
         eerag_shared::transform::transform(
             key,
@@ -42,8 +67,7 @@ impl HostSide {
             &artifacts,
             false,
         )?;
-        let server =
-            BackgroundServer::start(ServeConfig::local(artifacts, dir.path().join("data")))?;
+        let server = BackgroundServer::start(ServeConfig::local(artifacts, data))?;
         let host = HostClient::new(&server.url(), None).map_err(ClientError::from)?;
         let client = EncryptedClient::connect(host, key, models)?;
         Ok(Self {

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use eerag_shared::{EncEncoderIds, EncGeneratorIds, KeyId};
@@ -55,6 +55,7 @@ mod field {
     pub const ENCODER_IDS: &str = "encoder_ids";
     pub const GENERATOR_IDS: &str = "generator_ids";
     pub const METADATA: &str = "metadata";
+    pub const SEQ: &str = "seq";
 }
 
 fn vector_err(e: impl std::fmt::Display) -> StoreError {
@@ -233,6 +234,8 @@ pub struct EdgeCollection {
     /// Set (under the write lock) once the collection's directory has been
     /// moved to the trash: requests that still hold it fail as not found.
     deleted: AtomicBool,
+    /// The last write sequence number handed out (see [`ScoredChunk::seq`]).
+    last_seq: AtomicU64,
 }
 
 impl EdgeCollection {
@@ -280,7 +283,27 @@ impl EdgeCollection {
             keyword,
             lock: RwLock::new(()),
             deleted: AtomicBool::new(false),
+            last_seq: AtomicU64::new(0),
         })
+    }
+
+    /// Reserves `n` consecutive write sequence numbers and returns the
+    /// first. They start from the wall clock in nanoseconds, so numbers keep
+    /// increasing across restarts without being stored anywhere but in the
+    /// chunks themselves, and never repeat within a run.
+    fn reserve_seqs(&self, n: usize) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut first = 0;
+        let _ = self
+            .last_seq
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                first = now.max(last + 1);
+                Some(first + (n as u64).max(1) - 1)
+            });
+        first
     }
 
     /// The shared lock, or not found if the collection was deleted.
@@ -359,6 +382,7 @@ impl EdgeCollection {
                 doc_id: &r.doc_id,
                 version: &r.content_hash,
                 ids: &r.encoder_ids,
+                seq: r.seq,
             })
             .collect();
         self.keyword.apply(&[], &extra, &chunks)?;
@@ -432,6 +456,12 @@ impl EdgeCollection {
                 ids_field(&payload.0, field::GENERATOR_IDS)?,
             ),
             metadata,
+            // Absent in chunks written before the store kept it.
+            seq: payload
+                .0
+                .get(field::SEQ)
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
         })
     }
 
@@ -496,6 +526,9 @@ impl Collection for EdgeCollection {
 
     fn put_documents(&self, docs: &[NewDocument]) -> Result<()> {
         let mut operations = Vec::with_capacity(docs.len());
+        let total: usize = docs.iter().map(|d| d.chunks.len()).sum();
+        let first_seq = self.reserve_seqs(total);
+        let mut seq = first_seq;
         for doc in docs {
             let count = doc.chunks.len();
             let (first, end) = ChunkId::document_range(&doc.doc_id);
@@ -516,7 +549,9 @@ impl Collection for EdgeCollection {
                     field::ENCODER_IDS: chunk.encoder_ids.ids(),
                     field::GENERATOR_IDS: chunk.generator_ids.ids(),
                     field::METADATA: base64_encode(&chunk.metadata),
+                    field::SEQ: seq,
                 });
+                seq += 1;
                 let Value::Object(map) = payload else {
                     unreachable!("json! object literal")
                 };
@@ -548,6 +583,7 @@ impl Collection for EdgeCollection {
             })
             .collect();
         let mut keyword_chunks = Vec::new();
+        let mut seq = first_seq;
         for (doc, ids) in docs.iter().zip(&chunk_ids) {
             for (chunk, id) in doc.chunks.iter().zip(ids) {
                 keyword_chunks.push(KeywordChunk {
@@ -555,7 +591,9 @@ impl Collection for EdgeCollection {
                     doc_id: &doc.doc_id,
                     version: &doc.content_hash,
                     ids: &chunk.encoder_ids,
+                    seq,
                 });
+                seq += 1;
             }
         }
         let doc_ids: Vec<&str> = docs.iter().map(|d| d.doc_id.as_str()).collect();
@@ -673,7 +711,7 @@ impl Collection for EdgeCollection {
                 exact: true,
                 ..Default::default()
             })
-            .with_payload(WithPayloadInterface::Bool(false))
+            .with_payload(WithPayloadInterface::Fields(vec![path(field::SEQ)]))
             .build();
         let points = self.shard.query(request).map_err(vector_err)?;
         let mut hits = points
@@ -682,6 +720,12 @@ impl Collection for EdgeCollection {
                 Ok(ScoredChunk {
                     chunk_id: point_to_chunk(&p.id)?,
                     score: p.score,
+                    seq: p
+                        .payload
+                        .as_ref()
+                        .and_then(|m| m.0.get(field::SEQ))
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -698,6 +742,7 @@ impl Collection for EdgeCollection {
                 Ok(ScoredChunk {
                     chunk_id: h.chunk_id.parse()?,
                     score: h.score,
+                    seq: h.seq,
                 })
             })
             .collect()
@@ -903,6 +948,7 @@ mod tests {
                 doc_id: "ghost",
                 version: "h1",
                 ids: &ghost,
+                seq: 0,
             }])
             .unwrap();
         }

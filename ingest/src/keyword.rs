@@ -11,16 +11,20 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use eerag_shared::EncEncoderIds;
+use tantivy::collector::sort_key::{SortBySimilarityScore, SortByStaticFastValue};
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, STORED, STRING,
 };
 use tantivy::tokenizer::{TextAnalyzer, WhitespaceTokenizer};
+use tantivy::Order;
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 /// Name under which the id tokenizer is registered on every index handle.
 const ID_TOKENIZER: &str = "eerag_ids";
+/// The fast field of write sequence numbers.
+const SEQ_FIELD: &str = "seq";
 /// Heap for the single index writer: chunks are small, batches modest.
 const WRITER_HEAP_BYTES: usize = 50_000_000;
 
@@ -36,11 +40,12 @@ pub enum KeywordError {
     },
 }
 
-/// One search hit: the chunk's id and its BM25 score.
+/// One search hit: the chunk's id, its BM25 score and its write sequence.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeywordHit {
     pub chunk_id: String,
     pub score: f32,
+    pub seq: u64,
 }
 
 /// A chunk to index.
@@ -54,6 +59,10 @@ pub struct KeywordChunk<'a> {
     pub version: &'a str,
     /// The chunk's encrypted encoder ids.
     pub ids: &'a EncEncoderIds,
+    /// When the chunk was written, as the store numbers writes: breaks ties
+    /// between equal scores the same way under every key (see
+    /// [`crate::store::ScoredChunk::seq`]).
+    pub seq: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -62,6 +71,7 @@ struct Fields {
     doc_id: Field,
     version: Field,
     ids: Field,
+    seq: Field,
 }
 
 /// A BM25 index of encrypted chunks, on disk.
@@ -85,6 +95,7 @@ fn schema() -> (Schema, Fields) {
                 .set_index_option(IndexRecordOption::WithFreqs),
         ),
     );
+    let seq = b.add_u64_field(SEQ_FIELD, FAST | STORED);
     (
         b.build(),
         Fields {
@@ -92,6 +103,7 @@ fn schema() -> (Schema, Fields) {
             doc_id,
             version,
             ids,
+            seq,
         },
     )
 }
@@ -118,7 +130,22 @@ impl KeywordIndex {
         let (schema, fields) = schema();
         let directory =
             tantivy::directory::MmapDirectory::open(dir).map_err(tantivy::TantivyError::from)?;
-        let index = Index::open_or_create(directory, schema)?;
+        let index = match Index::open_or_create(directory, schema.clone()) {
+            Err(tantivy::TantivyError::SchemaError(_)) => {
+                // An index of an older layout: it is derived data, so start
+                // afresh and let the store's reconciliation fill it again.
+                std::fs::remove_dir_all(dir)
+                    .and_then(|_| std::fs::create_dir_all(dir))
+                    .map_err(|source| KeywordError::Io {
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+                let directory = tantivy::directory::MmapDirectory::open(dir)
+                    .map_err(tantivy::TantivyError::from)?;
+                Index::create(directory, schema, tantivy::IndexSettings::default())?
+            }
+            other => other?,
+        };
         Self::wrap(index, fields)
     }
 
@@ -183,6 +210,7 @@ impl KeywordIndex {
                 f.doc_id => c.doc_id,
                 f.version => c.version,
                 f.ids => as_terms(c.ids.ids()),
+                f.seq => c.seq,
             ));
             if let Err(e) = added {
                 let _ = writer.rollback();
@@ -268,13 +296,22 @@ impl KeywordIndex {
             return Ok(Vec::new());
         }
         let searcher = self.reader.searcher();
+        // Among equal scores the earliest written chunks make the cut, not
+        // whichever tantivy happens to store first: which chunks tie at the
+        // cut is the same under every key, and so must be the ones kept.
         let top = searcher.search(
             &BooleanQuery::new(clauses),
-            &TopDocs::with_limit(k).order_by_score(),
+            &TopDocs::with_limit(k).order_by((
+                (SortBySimilarityScore, Order::Desc),
+                (
+                    SortByStaticFastValue::<u64>::for_field(SEQ_FIELD),
+                    Order::Asc,
+                ),
+            )),
         )?;
         let mut hits = top
             .into_iter()
-            .map(|(score, addr)| {
+            .map(|((score, seq), addr)| {
                 let doc: TantivyDocument = searcher.doc(addr)?;
                 let chunk_id = doc
                     .get_first(self.fields.chunk_id)
@@ -283,13 +320,19 @@ impl KeywordIndex {
                     .ok_or_else(|| {
                         tantivy::TantivyError::InternalError("chunk without chunk_id".into())
                     })?;
-                Ok(KeywordHit { chunk_id, score })
+                Ok(KeywordHit {
+                    chunk_id,
+                    score,
+                    seq: seq.unwrap_or(0),
+                })
             })
             .collect::<Result<Vec<_>, KeywordError>>()?;
-        // Equal scores go by chunk id, not by where tantivy stored the chunk.
+        // Equal scores go by write order, then chunk id, never by where
+        // tantivy stored the chunk.
         hits.sort_by(|a, b| {
             b.score
                 .total_cmp(&a.score)
+                .then_with(|| a.seq.cmp(&b.seq))
                 .then_with(|| a.chunk_id.cmp(&b.chunk_id))
         });
         Ok(hits)
@@ -351,6 +394,7 @@ mod tests {
                 doc_id: &docs[i],
                 version: "v1",
                 ids,
+                seq: i as u64,
             })
             .collect();
         index.upsert(&batch).unwrap();
@@ -393,6 +437,39 @@ mod tests {
     }
 
     #[test]
+    fn equal_scores_past_the_cut_keep_the_earliest_written() {
+        // Twelve identical chunks, written in three commits (three segments)
+        // in an order unrelated to their ids or their write numbers: the
+        // two kept are always the two written first, whatever tantivy's
+        // segment order.
+        let key = Key::from_secret([2; 32]).id();
+        let same = EncEncoderIds::new(key, vec![11, 12, 13]);
+        let index = KeywordIndex::in_memory().unwrap();
+        let order = [7u64, 3, 11, 0, 5, 9, 1, 10, 4, 8, 2, 6];
+        let names: Vec<String> = order.iter().map(|s| format!("c{:02}", 11 - s)).collect();
+        for batch in order.chunks(4).zip(names.chunks(4)) {
+            let chunks: Vec<KeywordChunk> = batch
+                .0
+                .iter()
+                .zip(batch.1)
+                .map(|(&seq, name)| KeywordChunk {
+                    chunk_id: name,
+                    doc_id: name,
+                    version: "v1",
+                    ids: &same,
+                    seq,
+                })
+                .collect();
+            index.upsert(&chunks).unwrap();
+        }
+        let hits = index.search(&EncEncoderIds::new(key, vec![12]), 2).unwrap();
+        let seqs: Vec<u64> = hits.iter().map(|h| h.seq).collect();
+        assert_eq!(seqs, [0, 1]);
+        assert_eq!(hits[0].chunk_id, "c11");
+        assert_eq!(hits[0].score, hits[1].score);
+    }
+
+    #[test]
     fn upsert_replaces_delete_removes_and_reopen_keeps_everything() {
         let dir = tempfile::tempdir().unwrap();
         let key = Key::from_secret([1; 32]).id();
@@ -407,12 +484,14 @@ mod tests {
                         doc_id: "d1",
                         version: "v1",
                         ids: &a,
+                        seq: 1,
                     },
                     KeywordChunk {
                         chunk_id: "c2",
                         doc_id: "d2",
                         version: "v1",
                         ids: &b,
+                        seq: 2,
                     },
                 ])
                 .unwrap();
@@ -423,6 +502,7 @@ mod tests {
                     doc_id: "d1",
                     version: "v2",
                     ids: &a,
+                    seq: 3,
                 }])
                 .unwrap();
             assert_eq!(index.len(), 2);

@@ -145,6 +145,8 @@ pub struct ChunkRecord {
     pub encoder_ids: EncEncoderIds,
     pub generator_ids: EncGeneratorIds,
     pub metadata: Vec<u8>,
+    /// Write sequence number (see [`ScoredChunk::seq`]).
+    pub seq: u64,
 }
 
 /// A stored document's identity and size.
@@ -160,14 +162,21 @@ pub struct DocumentInfo {
 pub struct ScoredChunk {
     pub chunk_id: ChunkId,
     pub score: f32,
+    /// When the chunk was written: increasing with every write of a
+    /// collection (0 for chunks written before stores kept it). Chunk ids
+    /// are keyed hashes, so ordering exact ties by them would order them
+    /// differently under every key; write order is the same under every key
+    /// for the same uploads, so ties go by it first.
+    pub seq: u64,
 }
 
-/// Sorts hits best first, equal scores by chunk id, so rankings never depend
-/// on where a store happened to keep a chunk.
+/// Sorts hits best first, equal scores in write order, then by chunk id, so
+/// rankings never depend on where a store happened to keep a chunk.
 pub fn sort_hits(hits: &mut [ScoredChunk]) {
     hits.sort_by(|a, b| {
         b.score
             .total_cmp(&a.score)
+            .then_with(|| a.seq.cmp(&b.seq))
             .then_with(|| a.chunk_id.cmp(&b.chunk_id))
     });
 }

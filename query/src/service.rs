@@ -878,7 +878,7 @@ pub fn finish_reason(stop: StopReason) -> FinishReason {
 /// summed in a fixed order so equal inputs give bitwise equal scores.
 pub fn reciprocal_rank_fusion(lists: &[Vec<ScoredChunk>]) -> Vec<ScoredChunk> {
     let mut fused: HashMap<ChunkId, f32> = HashMap::new();
-    let mut order: Vec<ChunkId> = Vec::new();
+    let mut order: Vec<(ChunkId, u64)> = Vec::new();
     for list in lists {
         let mut rank = 0;
         let mut group_score = f32::NAN;
@@ -892,16 +892,17 @@ pub fn reciprocal_rank_fusion(lists: &[Vec<ScoredChunk>]) -> Vec<ScoredChunk> {
                 Some(s) => *s += add,
                 None => {
                     fused.insert(hit.chunk_id, add);
-                    order.push(hit.chunk_id);
+                    order.push((hit.chunk_id, hit.seq));
                 }
             }
         }
     }
     let mut hits: Vec<ScoredChunk> = order
         .into_iter()
-        .map(|chunk_id| ScoredChunk {
+        .map(|(chunk_id, seq)| ScoredChunk {
             chunk_id,
             score: fused[&chunk_id],
+            seq,
         })
         .collect();
     sort_hits(&mut hits);
@@ -916,6 +917,7 @@ mod tests {
         ScoredChunk {
             chunk_id: ChunkId::new(doc, 0),
             score,
+            seq: 0,
         }
     }
 

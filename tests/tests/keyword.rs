@@ -16,6 +16,7 @@ fn index(chunks: &[EncEncoderIds]) -> KeywordIndex {
             doc_id: "d",
             version: "v1",
             ids,
+            seq: i as u64,
         })
         .collect();
     index.upsert(&batch).unwrap();

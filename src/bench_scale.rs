@@ -1,0 +1,108 @@
+//! `eerag bench --scale`: search latency as the corpus grows, encrypted vs
+//! plaintext, with an optional SVG plot (see `eerag_benches::scale`).
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use eerag_benches::scale::{self, percentile, ScaleOptions, MODES};
+use eerag_shared::models::fetch::ModelsDir;
+use serde_json::json;
+
+/// Runs the scale benchmark and prints a table (or JSON); draws the plot.
+pub fn run(
+    models: &ModelsDir,
+    options: &ScaleOptions,
+    plot: Option<&Path>,
+    json_out: bool,
+) -> Result<()> {
+    let started = Instant::now();
+    let queries = crate::bench_host::queries();
+    let results = scale::run(models, options, &queries, |line| {
+        eprintln!("  {line} ({:.0} s)", started.elapsed().as_secs_f64())
+    })?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let ms = |xs: &[f64], p| percentile(xs, p) * 1e3;
+    if json_out {
+        let sizes: Vec<_> = results
+            .iter()
+            .map(|r| {
+                let mut size = json!({
+                    "chunks": r.chunks,
+                    "write_chunks_per_s": {
+                        "plaintext": r.chunks as f64 / r.write_secs[0],
+                        "encrypted": r.chunks as f64 / r.write_secs[1],
+                    },
+                    "rankings_compared": r.rankings_compared,
+                    "rankings_equivalent": r.rankings_compared,
+                });
+                for (m, mode) in MODES.iter().enumerate() {
+                    let l = &r.search[m];
+                    size[format!("search_{}", format!("{mode:?}").to_lowercase())] = json!({
+                        "plaintext_p50_ms": ms(&l.plaintext, 0.5),
+                        "plaintext_p99_ms": ms(&l.plaintext, 0.99),
+                        "encrypted_p50_ms": ms(&l.encrypted, 0.5),
+                        "encrypted_p99_ms": ms(&l.encrypted, 0.99),
+                        "samples": l.encrypted.len(),
+                    });
+                }
+                size
+            })
+            .collect();
+        let out = json!({
+            "threads": threads,
+            "k": scale::K,
+            "chunk_tokens": options.chunk_tokens,
+            "sizes": sizes,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "eerag bench --scale: {threads} threads, k {}, {} searches per mode, size and pipeline ({:.0} s in all)",
+            scale::K,
+            options.searches,
+            started.elapsed().as_secs_f64()
+        );
+        println!("| chunks | work | plaintext | encrypted | ratio (plaintext ÷ encrypted time) |");
+        println!("| --- | --- | --- | --- | --- |");
+        for r in &results {
+            let (p, e) = (
+                r.chunks as f64 / r.write_secs[0],
+                r.chunks as f64 / r.write_secs[1],
+            );
+            println!(
+                "| {} | store write (vectors precomputed) | {p:.0} chunks/s | {e:.0} chunks/s | {:.2} |",
+                r.chunks,
+                e / p
+            );
+            for (m, mode) in MODES.iter().enumerate() {
+                let l = &r.search[m];
+                println!(
+                    "| {} | search {} | p50 {:.1} ms, p99 {:.1} ms | p50 {:.1} ms, p99 {:.1} ms | {:.2} (p50), {:.2} (p99) |",
+                    r.chunks,
+                    format!("{mode:?}").to_lowercase(),
+                    ms(&l.plaintext, 0.5),
+                    ms(&l.plaintext, 0.99),
+                    ms(&l.encrypted, 0.5),
+                    ms(&l.encrypted, 0.99),
+                    ms(&l.plaintext, 0.5) / ms(&l.encrypted, 0.5),
+                    ms(&l.plaintext, 0.99) / ms(&l.encrypted, 0.99),
+                );
+            }
+        }
+        let compared: usize = results.iter().map(|r| r.rankings_compared).sum();
+        println!("rankings equal (up to near-ties) for all {compared} searches");
+    }
+    if let Some(path) = plot {
+        let subtitle = format!(
+            "{threads} CPU threads; synthetic {}-token chunks; {} searches per point; `eerag bench --scale`",
+            options.chunk_tokens, options.searches
+        );
+        eerag_benches::plot::latency_vs_size(&results, &subtitle, path)
+            .with_context(|| format!("drawing {}", path.display()))?;
+        eprintln!("plot written to {}", path.display());
+    }
+    Ok(())
+}

@@ -50,6 +50,7 @@ def sentence_transformers_peer(work):
 def llama_cpp_peer(work):
     try:
         import llama_cpp
+        import numpy as np
     except Exception as e:  # noqa: BLE001
         return {"skipped": f"llama-cpp-python not importable: {e}"}
     prompt = work["prompt_ids"]
@@ -63,6 +64,7 @@ def llama_cpp_peer(work):
         logits_all=False,
         verbose=False,
     )
+    vocab = llm.n_vocab()
     prefill, decode, tokens = [], [], []
     for _ in range(work["rounds"] + 1):  # the first round warms up
         llm.reset()  # no prompt-prefix reuse between rounds
@@ -72,7 +74,9 @@ def llama_cpp_peer(work):
         out = []
         t = time.perf_counter()
         for _ in range(n):
-            logits = llm.scores[llm.n_tokens - 1]
+            # The last position's logits, read as llama-cpp-python itself
+            # does (its `scores` stay empty unless logits_all is set).
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(vocab,))
             token = int(logits.argmax())
             out.append(token)
             llm.eval([token])

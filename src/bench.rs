@@ -62,6 +62,14 @@ pub struct BenchArgs {
     /// With --scale: also draw latency vs corpus size into this SVG file.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
+    /// Compare with peers on the same weights instead: sentence-transformers
+    /// (PyTorch, CPU) and llama.cpp (llama-cpp-python), installed from PyPI
+    /// into --peer-venv on first use.
+    #[arg(long, conflicts_with_all = ["host", "scale"])]
+    peers: bool,
+    /// With --peers: the peers' virtual environment (made if missing).
+    #[arg(long, default_value = "target/eerag-peer-venv")]
+    peer_venv: std::path::PathBuf,
 }
 
 pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
@@ -169,7 +177,11 @@ fn run_encoder(enc: &Encoder, seqs: &[Vec<u32>], batch: usize) -> Result<(f64, V
 }
 
 /// (prefill seconds, decode seconds, tokens).
-fn run_generator(gen: &Generator, prompt: &[u32], decode: usize) -> Result<(f64, f64, Vec<u32>)> {
+pub(crate) fn run_generator(
+    gen: &Generator,
+    prompt: &[u32],
+    decode: usize,
+) -> Result<(f64, f64, Vec<u32>)> {
     let mut session = gen.session();
     let started = Instant::now();
     let mut logits = session.feed(prompt)?;
@@ -210,6 +222,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             },
             args.plot.as_deref(),
             args.json,
+        );
+    }
+    if args.peers {
+        return crate::bench_peers::run(
+            &models,
+            &crate::bench_peers::PeerArgs {
+                venv: args.peer_venv.clone(),
+                rounds: args.rounds,
+                sentences: args.sentences,
+                batch: args.batch,
+                decode_tokens: args.decode_tokens,
+                json: args.json,
+            },
         );
     }
     let pair = Pair::prepare(&models)?;

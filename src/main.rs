@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_host;
+mod bench_peers;
 mod bench_scale;
 mod client_cmds;
 mod demo;

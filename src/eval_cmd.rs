@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use eerag_benches::eval::{self, EvalOptions, DEFAULT_DEPTH};
+use eerag_benches::eval::{self, AnswerCheck, EvalOptions, DEFAULT_DEPTH};
 use eerag_ingest::chunking::ChunkingOptions;
 use eerag_shared::wire::SearchMode;
 
@@ -28,6 +28,16 @@ pub struct EvalArgs {
     /// Chunks retrieved per query.
     #[arg(long, default_value_t = DEFAULT_DEPTH)]
     pub depth: usize,
+    /// Also ask this many questions through both pipelines and score the
+    /// answers against the set's answers.jsonl (exact match, contains).
+    #[arg(long, default_value_t = 0)]
+    pub answers: usize,
+    /// With --answers: chunks put in each prompt.
+    #[arg(long, default_value_t = 2)]
+    pub answer_k: usize,
+    /// With --answers: most tokens per answer.
+    #[arg(long, default_value_t = 32)]
+    pub answer_tokens: usize,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -47,6 +57,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         modes: args.modes.clone(),
         chunking: ChunkingOptions::default(),
         depth: args.depth,
+        answers: (args.answers > 0).then_some(AnswerCheck {
+            questions: args.answers,
+            k: args.answer_k,
+            max_tokens: args.answer_tokens,
+        }),
     };
     let report = eval::run(&models, &options, |line| eprintln!("{line}"))?;
     if args.json {
@@ -80,6 +95,33 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             report.search_seconds_encrypted,
             report.search_seconds_plaintext
         );
+        if let Some(a) = &report.answers {
+            println!(
+                "answers: {} questions, {} chunks per prompt, at most {} tokens, greedy",
+                a.questions, a.k, a.max_tokens
+            );
+            println!("| pipeline | exact match | contains answer | gold paragraph in prompt | answers identical | seconds |");
+            println!("| --- | --- | --- | --- | --- | --- |");
+            for (side, m, secs) in [
+                ("encrypted", &a.encrypted, a.seconds_encrypted),
+                ("plaintext", &a.plaintext, a.seconds_plaintext),
+            ] {
+                println!(
+                    "| {side} | {:.3} | {:.3} | {:.3} | {}/{} | {secs:.0} |",
+                    m.exact_match,
+                    m.contains_answer,
+                    m.gold_in_context,
+                    a.identical_answers,
+                    a.questions
+                );
+            }
+            for x in &a.examples {
+                println!(
+                    "  Q: {}\n     reference: {:?}\n     answer:    {:?}",
+                    x.question, x.references, x.encrypted
+                );
+            }
+        }
     }
     let differing: Vec<String> = report
         .modes
@@ -100,6 +142,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "encrypted and plaintext rankings differ beyond near-ties: {}",
             differing.join("; ")
         );
+    }
+    if !report.answers_identical() {
+        bail!("encrypted and plaintext answers differ");
     }
     if !differing.is_empty() && !args.json {
         eprintln!(

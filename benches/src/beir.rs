@@ -42,6 +42,23 @@ pub struct Query {
     pub text: String,
 }
 
+/// Reference answers of a query (`answers.jsonl`: `_id`, `answers`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct QueryAnswers {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub answers: Vec<String>,
+}
+
+/// Reads `answers.jsonl` of a dataset folder: query id → reference answers.
+pub fn load_answers(dir: &Path) -> Result<HashMap<String, Vec<String>>, BeirError> {
+    Ok(jsonl::<QueryAnswers>(&dir.join("answers.jsonl"))?
+        .into_iter()
+        .filter(|a| !a.answers.is_empty())
+        .map(|a| (a.id, a.answers))
+        .collect())
+}
+
 /// Relevance judgements: query id → corpus id → grade (0 = judged not
 /// relevant).
 pub type Qrels = HashMap<String, HashMap<String, i32>>;

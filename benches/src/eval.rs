@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use eerag_ingest::chunking::ChunkingOptions;
-use eerag_ingest::client::{ClientError, Hit, TextDocument};
+use eerag_ingest::client::{AskOptions, ClientError, Hit, TextDocument};
 use eerag_ingest::extract::{normalize, Extracted};
 use eerag_ingest::ranking::compare_rankings_with_floor;
 use eerag_ingest::upload::{upload_documents, UploadError, UploadOptions};
@@ -16,7 +16,7 @@ use eerag_shared::wire::SearchMode;
 use eerag_shared::Key;
 use serde::Serialize;
 
-use crate::beir::{BeirError, Dataset};
+use crate::beir::{load_answers, BeirError, Dataset};
 use crate::ir_metrics::{mrr_at, ndcg_at, recall_at};
 use crate::side::{HostSide, SideError};
 
@@ -55,6 +55,101 @@ pub struct EvalOptions {
     pub chunking: ChunkingOptions,
     /// Chunks retrieved per query.
     pub depth: usize,
+    /// Also answer questions and score the answers (sets with
+    /// `answers.jsonl`).
+    pub answers: Option<AnswerCheck>,
+}
+
+/// The answer-quality check: the first `questions` judged queries that have
+/// reference answers are asked through both pipelines (greedy, hybrid
+/// retrieval of `k` chunks, at most `max_tokens` tokens).
+#[derive(Clone, Copy, Debug)]
+pub struct AnswerCheck {
+    pub questions: usize,
+    pub k: usize,
+    pub max_tokens: usize,
+}
+
+/// The system prompt of the answer check: SQuAD answers are short spans.
+pub const ANSWER_SYSTEM_PROMPT: &str =
+    "Answer the question using only the context. Reply with the short answer only.";
+
+/// Answer quality of one pipeline, as shares of the questions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct AnswerMetrics {
+    /// The answer, normalised as SQuAD's script does (lowercase, no
+    /// punctuation, no articles, single spaces), equals a reference answer.
+    pub exact_match: f64,
+    /// A normalised reference answer occurs, as whole words, in the
+    /// normalised answer.
+    pub contains_answer: f64,
+    /// A paragraph judged relevant was among the chunks in the prompt.
+    pub gold_in_context: f64,
+}
+
+/// One asked question, for reading the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct AnswerExample {
+    pub question: String,
+    pub references: Vec<String>,
+    pub encrypted: String,
+    pub plaintext: String,
+}
+
+/// The answer-quality check of both pipelines.
+#[derive(Clone, Debug, Serialize)]
+pub struct AnswerReport {
+    pub questions: usize,
+    pub k: usize,
+    pub max_tokens: usize,
+    pub encrypted: AnswerMetrics,
+    pub plaintext: AnswerMetrics,
+    /// Questions whose two answers are the same tokens.
+    pub identical_answers: usize,
+    pub seconds_encrypted: f64,
+    pub seconds_plaintext: f64,
+    pub examples: Vec<AnswerExample>,
+}
+
+/// SQuAD's answer normalisation: lowercase, punctuation removed, the
+/// articles a/an/the removed, whitespace collapsed.
+pub fn normalize_answer(text: &str) -> String {
+    let lower: String = text
+        .to_lowercase()
+        .chars()
+        .filter(|c| !c.is_ascii_punctuation())
+        .collect();
+    lower
+        .split_whitespace()
+        .filter(|w| !matches!(*w, "a" | "an" | "the"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// (exact match, contains) of `answer` against the references.
+pub fn score_answer(answer: &str, references: &[String]) -> (bool, bool) {
+    let got = normalize_answer(answer);
+    let padded = format!(" {got} ");
+    let mut exact = false;
+    let mut contains = false;
+    for r in references {
+        let want = normalize_answer(r);
+        if want.is_empty() {
+            continue;
+        }
+        exact |= got == want;
+        // Whole words only: "10" is not found in "1066".
+        contains |= padded.contains(&format!(" {want} "));
+    }
+    (exact, contains)
+}
+
+/// One pipeline's answer to one question.
+struct Generated {
+    query: usize,
+    text: String,
+    ids: Vec<u32>,
+    sources: Vec<String>,
 }
 
 /// The three metrics, averaged over the queries.
@@ -99,6 +194,9 @@ pub struct EvalReport {
     /// Search time of each pipeline over all queries and modes, seconds.
     pub search_seconds_encrypted: f64,
     pub search_seconds_plaintext: f64,
+    /// The answer-quality check, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answers: Option<AnswerReport>,
 }
 
 impl EvalReport {
@@ -112,6 +210,13 @@ impl EvalReport {
             .filter(|m| m.mode != "hybrid")
             .all(|m| m.equivalent_rankings == m.queries)
     }
+
+    /// True unless the answer check found two different answers.
+    pub fn answers_identical(&self) -> bool {
+        self.answers
+            .as_ref()
+            .is_none_or(|a| a.identical_answers == a.questions)
+    }
 }
 
 /// What one pipeline retrieved: per mode, per query, the hits.
@@ -120,6 +225,8 @@ struct Retrieved {
     ingest_seconds: f64,
     search_seconds: f64,
     chunks: usize,
+    answers: Vec<Generated>,
+    answer_seconds: f64,
 }
 
 fn mode_name(mode: SearchMode) -> &'static str {
@@ -202,11 +309,49 @@ fn run_side(
         data.queries.len() * options.modes.len(),
         search_seconds
     ));
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    if let Some(check) = options.answers {
+        let references = load_answers(&options.dataset)?;
+        let ask = AskOptions {
+            k: check.k,
+            mode: SearchMode::Hybrid,
+            max_tokens: check.max_tokens,
+            system: ANSWER_SYSTEM_PROMPT.into(),
+            ..AskOptions::default()
+        };
+        for (i, q) in data
+            .queries
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| references.contains_key(&q.id))
+            .take(check.questions)
+        {
+            let answer = client.ask("eval", &q.text, &ask, |_| {})?;
+            answers.push(Generated {
+                query: i,
+                text: answer.text,
+                ids: answer.ids,
+                sources: answer
+                    .sources
+                    .into_iter()
+                    .map(|s| s.metadata.path)
+                    .collect(),
+            });
+        }
+        progress(&format!(
+            "  answered {} questions in {:.1} s",
+            answers.len(),
+            started.elapsed().as_secs_f64()
+        ));
+    }
     Ok(Retrieved {
         hits,
         ingest_seconds,
         search_seconds,
         chunks: summary.chunks,
+        answers,
+        answer_seconds: started.elapsed().as_secs_f64(),
     })
 }
 
@@ -296,7 +441,18 @@ pub fn run(
             differing_queries: differing,
         });
     }
+    let answers = match options.answers {
+        Some(check) => Some(answer_report(
+            &data,
+            &load_answers(&options.dataset)?,
+            check,
+            &encrypted,
+            &plaintext,
+        )?),
+        None => None,
+    };
     Ok(EvalReport {
+        answers,
         dataset: options.dataset.display().to_string(),
         documents: data.corpus.len(),
         chunks: encrypted.chunks,
@@ -308,4 +464,85 @@ pub fn run(
         search_seconds_encrypted: encrypted.search_seconds,
         search_seconds_plaintext: plaintext.search_seconds,
     })
+}
+
+/// Scores both pipelines' answers and counts the identical ones.
+fn answer_report(
+    data: &Dataset,
+    references: &HashMap<String, Vec<String>>,
+    check: AnswerCheck,
+    encrypted: &Retrieved,
+    plaintext: &Retrieved,
+) -> Result<AnswerReport, EvalError> {
+    if encrypted.answers.is_empty() {
+        return Err(EvalError::Invalid(
+            "no judged query has a reference answer in answers.jsonl".into(),
+        ));
+    }
+    let mut report = AnswerReport {
+        questions: encrypted.answers.len(),
+        k: check.k,
+        max_tokens: check.max_tokens,
+        encrypted: AnswerMetrics::default(),
+        plaintext: AnswerMetrics::default(),
+        identical_answers: 0,
+        seconds_encrypted: encrypted.answer_seconds,
+        seconds_plaintext: plaintext.answer_seconds,
+        examples: Vec::new(),
+    };
+    for (e, p) in encrypted.answers.iter().zip(&plaintext.answers) {
+        let q = &data.queries[e.query];
+        let refs = &references[&q.id];
+        let judged = &data.qrels[&q.id];
+        for (m, g) in [(&mut report.encrypted, e), (&mut report.plaintext, p)] {
+            let (exact, contains) = score_answer(&g.text, refs);
+            m.exact_match += f64::from(u8::from(exact));
+            m.contains_answer += f64::from(u8::from(contains));
+            let gold = g
+                .sources
+                .iter()
+                .any(|s| judged.get(s).is_some_and(|&grade| grade > 0));
+            m.gold_in_context += f64::from(u8::from(gold));
+        }
+        if e.ids == p.ids {
+            report.identical_answers += 1;
+        }
+        if report.examples.len() < 5 {
+            report.examples.push(AnswerExample {
+                question: q.text.clone(),
+                references: refs.clone(),
+                encrypted: e.text.clone(),
+                plaintext: p.text.clone(),
+            });
+        }
+    }
+    let n = report.questions as f64;
+    for m in [&mut report.encrypted, &mut report.plaintext] {
+        m.exact_match /= n;
+        m.contains_answer /= n;
+        m.gold_in_context /= n;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_scored_as_squad_normalises_them() {
+        assert_eq!(
+            normalize_answer("The  Normans, in France!"),
+            "normans in france"
+        );
+        let refs = vec!["10th and 11th centuries".to_string(), "France".to_string()];
+        assert_eq!(score_answer("France.", &refs), (true, true));
+        assert_eq!(
+            score_answer("In the 10th and 11th centuries, they ...", &refs),
+            (false, true)
+        );
+        assert_eq!(score_answer("Francesca", &refs), (false, false));
+        let year = vec!["10".to_string()];
+        assert_eq!(score_answer("in 1066", &year), (false, false));
+    }
 }

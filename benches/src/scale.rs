@@ -282,8 +282,11 @@ pub fn run(
         let documents = size.div_ceil(CHUNKS_PER_DOCUMENT).max(1);
         let chunks = documents * CHUNKS_PER_DOCUMENT;
         let mut write_secs = [0.0; 2];
-        let mut sides = Vec::new();
-        for (s, key) in keys.iter().enumerate() {
+        let mut sides: [Option<HostSide>; 2] = [None, None];
+        // Alternate which store is written first, as the searches do.
+        let first = results.len() % 2;
+        for s in [first, 1 - first] {
+            let key = &keys[s];
             let side = HostSide::start_seeded(key, models, |store| {
                 write_secs[s] = seed_store(
                     store,
@@ -299,8 +302,9 @@ pub fn run(
                 ["plaintext", "encrypted"][s],
                 write_secs[s]
             ));
-            sides.push(side);
+            sides[s] = Some(side);
         }
+        let sides = sides.map(|s| s.expect("both sides started"));
 
         let mut search = vec![Latencies::default(); MODES.len()];
         let mut compared = 0;

@@ -19,10 +19,10 @@ fn dataset(name: &str) -> PathBuf {
     dir
 }
 
-fn eval(name: &str, docs: &str, queries: &str) -> Value {
+fn eval(name: &str, docs: &str, queries: &str, extra: &[&str]) -> Value {
     let models = models_dir();
     let set = dataset(name);
-    let o = eerag(&[
+    let mut args = vec![
         "eval",
         "--dataset",
         path(&set),
@@ -33,7 +33,9 @@ fn eval(name: &str, docs: &str, queries: &str) -> Value {
         "--models",
         path(&models),
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let o = eerag(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     serde_json::from_slice(&o.stdout).expect("JSON report")
 }
@@ -64,7 +66,7 @@ fn check(report: &Value) {
 
 #[test]
 fn scifact_slice_scores_the_same_encrypted_and_plain() {
-    let report = eval("scifact", "500", "50");
+    let report = eval("scifact", "500", "50", &[]);
     assert_eq!(report["documents"], 500);
     check(&report);
     // A working retriever on this slice, not a vacuous one.
@@ -77,9 +79,19 @@ fn scifact_slice_scores_the_same_encrypted_and_plain() {
 }
 
 #[test]
-fn any_beir_set_works_squad_paragraphs() {
-    let report = eval("squad2-dev-subset", "173", "40");
+fn any_beir_set_works_squad_paragraphs_and_answers_match() {
+    // Three questions answered by both pipelines: the command itself fails
+    // unless the two answers are the same tokens.
+    let report = eval("squad2-dev-subset", "173", "40", &["--answers", "3"]);
     check(&report);
+    let answers = &report["answers"];
+    assert_eq!(answers["questions"], 3, "{answers:#}");
+    assert_eq!(answers["identical_answers"], 3, "{answers:#}");
+    assert_eq!(answers["encrypted"], answers["plaintext"], "{answers:#}");
+    for x in answers["examples"].as_array().unwrap() {
+        assert_eq!(x["encrypted"], x["plaintext"]);
+        assert!(!x["encrypted"].as_str().unwrap().is_empty(), "{x:#}");
+    }
     assert!(
         report["modes"][2]["encrypted"]["recall@100"]
             .as_f64()

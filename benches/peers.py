@@ -9,7 +9,7 @@ Measures what the peers do with the same public weights on the same machine:
 - llama.cpp through llama-cpp-python: prefill and greedy decode tokens/s of
   SmolLM2-135M-Instruct (the same Q4_1 GGUF) on the same prompt ids.
 
-Prints one JSON object. A peer that is not installed is reported as skipped
+Writes one JSON object to the file named by its third argument. A peer that is not installed is reported as skipped
 with the reason; the caller prints it.
 """
 
@@ -95,16 +95,27 @@ def llama_cpp_peer(work):
     }
 
 
+def guarded(peer, work):
+    # A peer that fails at run time is skipped with the reason; the other
+    # peer's figures still count.
+    try:
+        return peer(work)
+    except Exception as e:  # noqa: BLE001
+        return {"skipped": f"{type(e).__name__}: {e}"}
+
+
 def main():
     with open(sys.argv[1]) as f:
         work = json.load(f)
     wanted = sys.argv[2].split(",")
     out = {}
     if "sentence-transformers" in wanted:
-        out["sentence_transformers"] = sentence_transformers_peer(work)
+        out["sentence_transformers"] = guarded(sentence_transformers_peer, work)
     if "llama-cpp" in wanted:
-        out["llama_cpp"] = llama_cpp_peer(work)
-    json.dump(out, sys.stdout)
+        out["llama_cpp"] = guarded(llama_cpp_peer, work)
+    # To a file: libraries may print to stdout.
+    with open(sys.argv[3], "w") as f:
+        json.dump(out, f)
 
 
 if __name__ == "__main__":

@@ -44,20 +44,30 @@ pub struct PeerArgs {
 
 /// Makes the venv if needed and installs each peer that is not importable
 /// yet; returns the reason for every peer that could not be installed.
-fn install_peers(venv: &Path) -> Result<(PathBuf, Vec<(String, String)>)> {
+fn install_peers(venv: &Path) -> (PathBuf, Vec<(String, String)>) {
     let python = venv.join("bin").join("python");
+    let skip_all = |why: String| {
+        PEERS
+            .iter()
+            .map(|(name, _, _)| (name.to_string(), why.clone()))
+            .collect()
+    };
     if !python.exists() {
         eprintln!(
             "  making a virtual environment for the peers in {}",
             venv.display()
         );
-        let status = Command::new("python3")
+        match Command::new("python3")
             .args(["-m", "venv"])
             .arg(venv)
-            .status()
-            .context("running python3 -m venv (is Python 3 installed?)")?;
-        if !status.success() {
-            bail!("python3 -m venv {} failed", venv.display());
+            .output()
+        {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                let why = String::from_utf8_lossy(&o.stderr).trim().to_string();
+                return (python, skip_all(format!("python3 -m venv failed: {why}")));
+            }
+            Err(e) => return (python, skip_all(format!("cannot run python3: {e}"))),
         }
     }
     let mut skipped = Vec::new();
@@ -70,25 +80,61 @@ fn install_peers(venv: &Path) -> Result<(PathBuf, Vec<(String, String)>)> {
             continue;
         }
         eprintln!("  installing {requirement} (first run only; minutes)");
-        let out = Command::new(&python)
+        let why = match Command::new(&python)
             .args(["-m", "pip", "install", "-q", requirement])
             .output()
-            .context("running pip")?;
-        if !out.status.success() {
-            let why = String::from_utf8_lossy(&out.stderr)
+        {
+            Ok(o) if o.status.success() => continue,
+            Ok(o) => String::from_utf8_lossy(&o.stderr)
                 .lines()
                 .rev()
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("pip failed")
-                .to_string();
-            skipped.push((
-                name.to_string(),
-                format!("pip install {requirement}: {why}"),
-            ));
+                .to_string(),
+            Err(e) => format!("cannot run pip: {e}"),
+        };
+        skipped.push((
+            name.to_string(),
+            format!("pip install {requirement}: {why}"),
+        ));
+    }
+    (python, skipped)
+}
+
+/// The largest difference between the peer's embeddings and eerag's, or an
+/// error if they are not even the same shape (then they are not the same
+/// model, and no throughput comparison means anything).
+fn embedding_gap(theirs: &[Value], ours: &[Vec<f32>]) -> Result<f64> {
+    if theirs.len() != ours.len() {
+        bail!(
+            "sentence-transformers returned {} embeddings for {} sentences",
+            theirs.len(),
+            ours.len()
+        );
+    }
+    let mut gap: f64 = 0.0;
+    for (t, o) in theirs.iter().zip(ours) {
+        let t = t.as_array().map(Vec::as_slice).unwrap_or_default();
+        if t.len() != o.len() {
+            bail!(
+                "sentence-transformers embeddings have {} dimensions, eerag's {}",
+                t.len(),
+                o.len()
+            );
+        }
+        for (a, b) in t.iter().zip(o) {
+            let d = (a.as_f64().unwrap_or(f64::NAN) - f64::from(*b)).abs();
+            if !d.is_finite() {
+                bail!("sentence-transformers returned a non-finite embedding value");
+            }
+            gap = gap.max(d);
         }
     }
-    Ok((python, skipped))
+    Ok(gap)
 }
+
+/// Embeddings further apart than this are not the same weights.
+const SAME_WEIGHTS_TOLERANCE: f64 = 1e-4;
 
 /// Runs the comparison and prints a table (or JSON).
 pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
@@ -96,7 +142,7 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let (python, mut skipped) = install_peers(&args.venv)?;
+    let (python, mut skipped) = install_peers(&args.venv);
 
     let pair = Pair::prepare(models)?;
     let sides = &pair.sides;
@@ -151,6 +197,9 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
         }
     }
     let enc_prompt = sides.cipher.encrypt_generator(&prompt)?;
+    // Warm-up, as the peer script warms llama.cpp up.
+    crate::bench::run_generator(&sides.plain_generator, &prompt, 4)?;
+    crate::bench::run_generator(&sides.host_generator, enc_prompt.ids(), 4)?;
     let mut prefill_secs = [Vec::new(), Vec::new()];
     let mut decode_secs = [Vec::new(), Vec::new()];
     let mut our_tokens = Vec::new();
@@ -197,7 +246,7 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
                 "rounds": args.rounds,
                 "sentences": sentences,
                 "batch": args.batch,
-                "max_seq_length": 256,
+                "max_seq_length": eerag_shared::tokenize::DEFAULT_ENCODER_MAX_TOKENS,
                 "encoder_dir": models.encoder_dir(),
                 "generator_gguf": models.generator_gguf(),
                 "prompt_ids": prompt,
@@ -205,10 +254,12 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
             }))?,
         )?;
         eprintln!("  running the peers: {}", wanted.join(", "));
+        let result = dir.path().join("result.json");
         let out = Command::new(&python)
             .arg(&script)
             .arg(&work)
             .arg(wanted.join(","))
+            .arg(&result)
             .output()
             .context("running the peer script")?;
         if !out.status.success() {
@@ -222,7 +273,8 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
                 skipped.push((name.to_string(), format!("the peer script failed: {last}")));
             }
         } else {
-            peers = serde_json::from_slice(&out.stdout).context("reading the peers' output")?;
+            peers = serde_json::from_slice(&std::fs::read(&result)?)
+                .context("reading the peers' output")?;
         }
     }
     for (key, name) in [
@@ -249,19 +301,13 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
     let llama_prefill = llama["prefill_tokens_per_s"].as_f64();
     let llama_decode = llama["decode_tokens_per_s"].as_f64();
     // Same weights? The largest difference between their embeddings and ours.
-    let embedding_gap = st["embeddings"].as_array().map(|theirs| {
-        theirs
-            .iter()
-            .zip(&plain_vectors)
-            .flat_map(|(t, o)| {
-                t.as_array()
-                    .into_iter()
-                    .flatten()
-                    .zip(o)
-                    .map(|(a, b)| (a.as_f64().unwrap_or(f64::NAN) - *b as f64).abs())
-            })
-            .fold(0.0, f64::max)
-    });
+    let embedding_gap = st["embeddings"]
+        .as_array()
+        .map(|theirs| embedding_gap(theirs, &plain_vectors))
+        .transpose()?;
+    if let Some(gap) = embedding_gap.filter(|&g| g > SAME_WEIGHTS_TOLERANCE) {
+        bail!("sentence-transformers' embeddings differ from eerag's by {gap:.1e}: not the same model");
+    }
     let llama_tokens: Option<Vec<u32>> = llama["tokens"].as_array().map(|t| {
         t.iter()
             .filter_map(|v| v.as_u64().map(|x| x as u32))

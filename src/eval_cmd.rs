@@ -100,18 +100,20 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 "answers: {} questions, {} chunks per prompt, at most {} tokens, greedy",
                 a.questions, a.k, a.max_tokens
             );
-            println!("| pipeline | exact match | contains answer | gold paragraph in prompt | answers identical | seconds |");
+            println!("| pipeline | exact match | contains answer | gold paragraph in prompt | answers identical (same prompt) | seconds |");
             println!("| --- | --- | --- | --- | --- | --- |");
             for (side, m, secs) in [
                 ("encrypted", &a.encrypted, a.seconds_encrypted),
                 ("plaintext", &a.plaintext, a.seconds_plaintext),
             ] {
                 println!(
-                    "| {side} | {:.3} | {:.3} | {:.3} | {}/{} | {secs:.0} |",
+                    "| {side} | {:.3} | {:.3} | {:.3} | {}/{} ({}/{}) | {secs:.0} |",
                     m.exact_match,
                     m.contains_answer,
                     m.gold_in_context,
                     a.identical_answers,
+                    a.questions,
+                    a.same_context,
                     a.questions
                 );
             }
@@ -120,6 +122,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                     "  Q: {}\n     reference: {:?}\n     answer:    {:?}",
                     x.question, x.references, x.encrypted
                 );
+                if x.plaintext != x.encrypted {
+                    println!("     plaintext: {:?}", x.plaintext);
+                }
             }
         }
     }
@@ -144,7 +149,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         );
     }
     if !report.answers_identical() {
-        bail!("encrypted and plaintext answers differ");
+        bail!("encrypted and plaintext answers to the same prompt differ");
     }
     if !differing.is_empty() && !args.json {
         eprintln!(

@@ -104,7 +104,13 @@ pub struct AnswerReport {
     pub max_tokens: usize,
     pub encrypted: AnswerMetrics,
     pub plaintext: AnswerMetrics,
-    /// Questions whose two answers are the same tokens.
+    /// Questions whose prompts held the same chunks in the same order in
+    /// both pipelines. Hybrid retrieval can differ by a near-tie swap at the
+    /// cut (see [`ModeReport::equivalent_rankings`]); then the prompts, and
+    /// so the answers, may differ.
+    pub same_context: usize,
+    /// Of those, the questions whose two answers are the same tokens (all,
+    /// or the command fails).
     pub identical_answers: usize,
     pub seconds_encrypted: f64,
     pub seconds_plaintext: f64,
@@ -149,7 +155,8 @@ struct Generated {
     query: usize,
     text: String,
     ids: Vec<u32>,
-    sources: Vec<String>,
+    /// The prompt's chunks in order, as (document, chunk index).
+    sources: Vec<(String, u32)>,
 }
 
 /// The three metrics, averaged over the queries.
@@ -211,11 +218,12 @@ impl EvalReport {
             .all(|m| m.equivalent_rankings == m.queries)
     }
 
-    /// True unless the answer check found two different answers.
+    /// True unless the answer check found two different answers to the
+    /// same prompt.
     pub fn answers_identical(&self) -> bool {
         self.answers
             .as_ref()
-            .is_none_or(|a| a.identical_answers == a.questions)
+            .is_none_or(|a| a.identical_answers == a.same_context)
     }
 }
 
@@ -251,6 +259,7 @@ fn run_side(
     models: &ModelsDir,
     data: &Dataset,
     options: &EvalOptions,
+    references: Option<&HashMap<String, Vec<String>>>,
     progress: &mut impl FnMut(&str),
 ) -> Result<Retrieved, EvalError> {
     let side = HostSide::start(key, models)?;
@@ -311,8 +320,7 @@ fn run_side(
     ));
     let started = Instant::now();
     let mut answers = Vec::new();
-    if let Some(check) = options.answers {
-        let references = load_answers(&options.dataset)?;
+    if let (Some(check), Some(references)) = (options.answers, references) {
         let ask = AskOptions {
             k: check.k,
             mode: SearchMode::Hybrid,
@@ -335,7 +343,7 @@ fn run_side(
                 sources: answer
                     .sources
                     .into_iter()
-                    .map(|s| s.metadata.path)
+                    .map(|s| (s.metadata.path, s.metadata.chunk))
                     .collect(),
             });
         }
@@ -379,16 +387,37 @@ pub fn run(
         data.corpus.len(),
         data.queries.len()
     ));
+    // Read before the long runs, so a missing answers.jsonl fails at once.
+    let references = match options.answers {
+        Some(_) => {
+            let references = load_answers(&options.dataset)?;
+            if !data.queries.iter().any(|q| references.contains_key(&q.id)) {
+                return Err(EvalError::Invalid(
+                    "no judged query has a reference answer in answers.jsonl".into(),
+                ));
+            }
+            Some(references)
+        }
+        None => None,
+    };
     progress("encrypted pipeline (throwaway key):");
     let encrypted = run_side(
         &Key::generate().map_err(SideError::from)?,
         models,
         &data,
         options,
+        references.as_ref(),
         &mut progress,
     )?;
     progress("plaintext pipeline (identity key):");
-    let plaintext = run_side(&Key::identity(), models, &data, options, &mut progress)?;
+    let plaintext = run_side(
+        &Key::identity(),
+        models,
+        &data,
+        options,
+        references.as_ref(),
+        &mut progress,
+    )?;
 
     let mut modes = Vec::new();
     for &mode in &options.modes {
@@ -441,15 +470,11 @@ pub fn run(
             differing_queries: differing,
         });
     }
-    let answers = match options.answers {
-        Some(check) => Some(answer_report(
-            &data,
-            &load_answers(&options.dataset)?,
-            check,
-            &encrypted,
-            &plaintext,
+    let answers = match (options.answers, &references) {
+        (Some(check), Some(references)) => Some(answer_report(
+            &data, references, check, &encrypted, &plaintext,
         )?),
-        None => None,
+        _ => None,
     };
     Ok(EvalReport {
         answers,
@@ -474,9 +499,10 @@ fn answer_report(
     encrypted: &Retrieved,
     plaintext: &Retrieved,
 ) -> Result<AnswerReport, EvalError> {
-    if encrypted.answers.is_empty() {
+    let asked = |r: &Retrieved| r.answers.iter().map(|g| g.query).collect::<Vec<_>>();
+    if encrypted.answers.is_empty() || asked(encrypted) != asked(plaintext) {
         return Err(EvalError::Invalid(
-            "no judged query has a reference answer in answers.jsonl".into(),
+            "the two pipelines did not answer the same questions".into(),
         ));
     }
     let mut report = AnswerReport {
@@ -485,6 +511,7 @@ fn answer_report(
         max_tokens: check.max_tokens,
         encrypted: AnswerMetrics::default(),
         plaintext: AnswerMetrics::default(),
+        same_context: 0,
         identical_answers: 0,
         seconds_encrypted: encrypted.answer_seconds,
         seconds_plaintext: plaintext.answer_seconds,
@@ -501,11 +528,14 @@ fn answer_report(
             let gold = g
                 .sources
                 .iter()
-                .any(|s| judged.get(s).is_some_and(|&grade| grade > 0));
+                .any(|(doc, _)| judged.get(doc).is_some_and(|&grade| grade > 0));
             m.gold_in_context += f64::from(u8::from(gold));
         }
-        if e.ids == p.ids {
-            report.identical_answers += 1;
+        if e.sources == p.sources {
+            report.same_context += 1;
+            if e.ids == p.ids {
+                report.identical_answers += 1;
+            }
         }
         if report.examples.len() < 5 {
             report.examples.push(AnswerExample {

@@ -56,7 +56,10 @@ pub fn latency_vs_size(
     let (title_area, chart_area) = root.split_vertically(60);
     title_area
         .draw(&Text::new(
-            "eerag search latency vs corpus size (k = 10, over HTTP)",
+            format!(
+                "eerag search latency vs corpus size (k = {}, over HTTP)",
+                crate::scale::K
+            ),
             (20, 12),
             ("sans-serif", 22).into_font(),
         ))

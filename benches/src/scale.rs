@@ -12,6 +12,7 @@
 //! over HTTP to a real host, so every timed search is the full path: request,
 //! query embedding, dense and/or BM25 retrieval, payload fetch, response.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use eerag_ingest::ranking::compare_rankings_with_floor;
@@ -155,12 +156,13 @@ impl Synthetic {
         })
     }
 
-    /// Plaintext documents `first..first + count`.
-    fn documents(&self, first: usize, count: usize) -> Vec<NewDocument> {
+    /// Plaintext documents `first..first + count`, with the ids `cipher`'s
+    /// client would give them (keyed, so each key has other chunk ids).
+    fn documents(&self, cipher: &ClientCipher, first: usize, count: usize) -> Vec<NewDocument> {
         let mut rng = ChaCha20Rng::seed_from_u64(self.seed ^ (first as u64).rotate_left(32));
         (first..first + count)
             .map(|d| NewDocument {
-                doc_id: format!("synthetic-{d:08}"),
+                doc_id: synthetic_doc_id(cipher, d),
                 content_hash: format!("{:064x}", d),
                 chunks: (0..CHUNKS_PER_DOCUMENT)
                     .map(|_| self.chunk(&mut rng))
@@ -197,6 +199,11 @@ impl Synthetic {
     }
 }
 
+/// The keyed document id of synthetic document `d` under a key.
+fn synthetic_doc_id(cipher: &ClientCipher, d: usize) -> String {
+    cipher.document_id(format!("synthetic document {d}").as_bytes())
+}
+
 /// What the side's client would have sent for a plaintext chunk.
 fn encrypt(cipher: &ClientCipher, mut doc: NewDocument) -> Result<NewDocument, ScaleError> {
     for chunk in &mut doc.chunks {
@@ -223,7 +230,7 @@ fn seed_store(
     while first < documents {
         let count = DOCUMENTS_PER_WRITE.min(documents - first);
         let docs = corpus
-            .documents(first, count)
+            .documents(&cipher, first, count)
             .into_iter()
             .map(|d| encrypt(&cipher, d))
             .collect::<Result<Vec<_>, _>>()?;
@@ -306,6 +313,27 @@ pub fn run(
         }
         let sides = sides.map(|s| s.expect("both sides started"));
 
+        // Hits are compared as (document number, chunk index): chunk ids
+        // are keyed, so they differ between the sides.
+        let numbers: [HashMap<String, usize>; 2] = [0, 1].map(|s| {
+            let cipher = ClientCipher::new(&keys[s], shape);
+            (0..documents)
+                .map(|d| (synthetic_doc_id(&cipher, d), d))
+                .collect()
+        });
+        // One untimed pass: the first searches of a fresh host are slower.
+        for (s, side) in sides.iter().enumerate() {
+            for query in queries {
+                for &mode in &MODES {
+                    let request = side.client.encrypt_query(query, K, mode)?;
+                    side.client.host().search(collection, &request)?;
+                }
+            }
+            progress(&format!(
+                "warmed up the {} host",
+                ["plaintext", "encrypted"][s]
+            ));
+        }
         let mut search = vec![Latencies::default(); MODES.len()];
         let mut compared = 0;
         for (m, &mode) in MODES.iter().enumerate() {
@@ -324,8 +352,13 @@ pub fn run(
                     } else {
                         search[m].encrypted.push(secs);
                     }
-                    // Same doc ids on both sides, so the same chunk ids.
-                    ranked[s] = hits.into_iter().map(|h| (h.chunk_id, h.score)).collect();
+                    ranked[s] = hits
+                        .into_iter()
+                        .map(|h| {
+                            let d = numbers[s].get(&h.doc_id).copied().unwrap_or(usize::MAX);
+                            (format!("{d}#{}", h.index), h.score)
+                        })
+                        .collect();
                 }
                 let floor = if mode == SearchMode::Dense { 1.0 } else { 0.0 };
                 compare_rankings_with_floor(&ranked[0], &ranked[1], 1e-5, floor).map_err(

@@ -288,9 +288,10 @@ impl EdgeCollection {
     }
 
     /// Reserves `n` consecutive write sequence numbers and returns the
-    /// first. They start from the wall clock in nanoseconds, so numbers keep
-    /// increasing across restarts without being stored anywhere but in the
-    /// chunks themselves, and never repeat within a run.
+    /// first: the wall clock in nanoseconds, or one past the last number
+    /// handed out or found in the shard at start-up (see
+    /// [`Self::reconcile_keyword_locked`]) if that is higher, so numbers
+    /// only ever increase, even if the clock goes back.
     fn reserve_seqs(&self, n: usize) -> u64 {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -348,19 +349,38 @@ impl EdgeCollection {
     }
 
     /// [`Self::reconcile_keyword`] for a caller holding the write lock.
+    /// Also raises the write sequence to the highest one stored, so numbers
+    /// keep increasing after a restart even if the clock went back.
     fn reconcile_keyword_locked(&self) -> Result<(usize, usize)> {
-        let mut stored: HashMap<String, String> = HashMap::new();
-        self.scan(None, &[field::CONTENT_HASH], |record| {
+        let mut stored: HashMap<String, (String, u64)> = HashMap::new();
+        self.scan(None, &[field::CONTENT_HASH, field::SEQ], |record| {
             let hash = str_field(record, field::CONTENT_HASH)?;
-            stored.insert(point_to_chunk(&record.id)?.to_string(), hash);
+            let seq = record
+                .payload
+                .as_ref()
+                .and_then(|p| p.0.get(field::SEQ))
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            stored.insert(point_to_chunk(&record.id)?.to_string(), (hash, seq));
             Ok(())
         })?;
-        let indexed: HashMap<String, String> = self.keyword.entries()?.into_iter().collect();
-        let missing: Vec<ChunkId> = stored
+        if let Some(max) = stored.values().map(|(_, seq)| *seq).max() {
+            self.last_seq.fetch_max(max, Ordering::SeqCst);
+        }
+        let indexed: HashMap<String, (String, u64)> = self
+            .keyword
+            .entries()?
+            .into_iter()
+            .map(|(id, version, seq)| (id, (version, seq)))
+            .collect();
+        // In write order, so an index rebuilt from scratch holds the chunks
+        // in the order they were first written.
+        let mut missing: Vec<(u64, &String)> = stored
             .iter()
-            .filter(|(id, hash)| indexed.get(*id) != Some(*hash))
-            .map(|(id, _)| id.parse())
-            .collect::<Result<_>>()?;
+            .filter(|(id, entry)| indexed.get(*id) != Some(*entry))
+            .map(|(id, (_, seq))| (*seq, id))
+            .collect();
+        missing.sort();
         let extra: Vec<&str> = indexed
             .keys()
             .filter(|id| !stored.contains_key(*id))
@@ -369,24 +389,32 @@ impl EdgeCollection {
         if missing.is_empty() && extra.is_empty() {
             return Ok((0, 0));
         }
-        let mut records = Vec::with_capacity(missing.len());
-        for batch in missing.chunks(SCAN_PAGE) {
-            records.extend(self.retrieve(batch)?);
+        if !extra.is_empty() {
+            self.keyword.apply(&[], &extra, &[])?;
         }
-        let ids: Vec<String> = records.iter().map(|r| r.chunk_id.to_string()).collect();
-        let chunks: Vec<KeywordChunk> = records
-            .iter()
-            .zip(&ids)
-            .map(|(r, id)| KeywordChunk {
-                chunk_id: id,
-                doc_id: &r.doc_id,
-                version: &r.content_hash,
-                ids: &r.encoder_ids,
-                seq: r.seq,
-            })
-            .collect();
-        self.keyword.apply(&[], &extra, &chunks)?;
-        Ok((chunks.len(), extra.len()))
+        // A page at a time, each committed: a rebuild of a large collection
+        // never holds it all in memory, and an interrupted one resumes.
+        for page in missing.chunks(SCAN_PAGE) {
+            let ids = page
+                .iter()
+                .map(|(_, id)| id.parse())
+                .collect::<Result<Vec<ChunkId>>>()?;
+            let records = self.retrieve(&ids)?;
+            let names: Vec<String> = records.iter().map(|r| r.chunk_id.to_string()).collect();
+            let chunks: Vec<KeywordChunk> = records
+                .iter()
+                .zip(&names)
+                .map(|(r, id)| KeywordChunk {
+                    chunk_id: id,
+                    doc_id: &r.doc_id,
+                    version: &r.content_hash,
+                    ids: &r.encoder_ids,
+                    seq: r.seq,
+                })
+                .collect();
+            self.keyword.apply(&[], &[], &chunks)?;
+        }
+        Ok((missing.len(), extra.len()))
     }
 
     /// Calls `visit` for every point matching `filter`, reading `fields`.
@@ -525,6 +553,9 @@ impl Collection for EdgeCollection {
     }
 
     fn put_documents(&self, docs: &[NewDocument]) -> Result<()> {
+        // Numbers are handed out under the lock, so write order and
+        // sequence order agree even with concurrent writers.
+        let _guard = self.write_lock()?;
         let mut operations = Vec::with_capacity(docs.len());
         let total: usize = docs.iter().map(|d| d.chunks.len()).sum();
         let first_seq = self.reserve_seqs(total);
@@ -597,8 +628,6 @@ impl Collection for EdgeCollection {
             }
         }
         let doc_ids: Vec<&str> = docs.iter().map(|d| d.doc_id.as_str()).collect();
-
-        let _guard = self.write_lock()?;
         let written = (|| -> Result<()> {
             for op in operations {
                 self.shard.update(op).map_err(vector_err)?;

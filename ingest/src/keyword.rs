@@ -161,8 +161,8 @@ impl KeywordIndex {
             ID_TOKENIZER,
             TextAnalyzer::from(WhitespaceTokenizer::default()),
         );
-        // One indexing thread: segment layout, and so the order of equal
-        // scores, is then the same on every run.
+        // One indexing thread: a predictable segment layout (equal scores
+        // are ordered by write sequence, not by layout, in `search`).
         let writer = index.writer_with_num_threads(1, WRITER_HEAP_BYTES)?;
         let reader = index
             .reader_builder()
@@ -220,9 +220,9 @@ impl KeywordIndex {
         self.commit(&mut writer)
     }
 
-    /// Every indexed chunk as `(chunk id, version)`, to reconcile the index
+    /// Every indexed chunk as `(chunk id, version, write sequence)`, to reconcile the index
     /// with the vector store it is derived from.
-    pub fn entries(&self) -> Result<Vec<(String, String)>, KeywordError> {
+    pub fn entries(&self) -> Result<Vec<(String, String, u64)>, KeywordError> {
         let searcher = self.reader.searcher();
         let mut out = Vec::with_capacity(searcher.num_docs() as usize);
         for segment in searcher.segment_readers() {
@@ -242,7 +242,11 @@ impl KeywordIndex {
                         .map(str::to_owned)
                         .unwrap_or_default()
                 };
-                out.push((text(self.fields.chunk_id), text(self.fields.version)));
+                let seq = stored
+                    .get_first(self.fields.seq)
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0);
+                out.push((text(self.fields.chunk_id), text(self.fields.version), seq));
             }
         }
         Ok(out)
@@ -296,22 +300,36 @@ impl KeywordIndex {
             return Ok(Vec::new());
         }
         let searcher = self.reader.searcher();
-        // Among equal scores the earliest written chunks make the cut, not
-        // whichever tantivy happens to store first: which chunks tie at the
-        // cut is the same under every key, and so must be the ones kept.
-        let top = searcher.search(
-            &BooleanQuery::new(clauses),
-            &TopDocs::with_limit(k).order_by((
-                (SortBySimilarityScore, Order::Desc),
-                (
-                    SortByStaticFastValue::<u64>::for_field(SEQ_FIELD),
-                    Order::Asc,
-                ),
-            )),
-        )?;
-        let mut hits = top
+        let query = BooleanQuery::new(clauses);
+        // The fast path (score order, with tantivy's block-max pruning)
+        // looks one past the cut. If the hit after the cut ties with the
+        // last one kept, which of the tied chunks tantivy kept depends on
+        // where its segments hold them; then search again ordered by
+        // (score, write order), so the earliest-written tied chunks make the
+        // cut — the same chunks under every key.
+        let top = searcher.search(&query, &TopDocs::with_limit(k + 1).order_by_score())?;
+        let addresses: Vec<(f32, tantivy::DocAddress)> =
+            if top.len() > k && top[k].0 == top[k - 1].0 {
+                searcher
+                    .search(
+                        &query,
+                        &TopDocs::with_limit(k).order_by((
+                            (SortBySimilarityScore, Order::Desc),
+                            (
+                                SortByStaticFastValue::<u64>::for_field(SEQ_FIELD),
+                                Order::Asc,
+                            ),
+                        )),
+                    )?
+                    .into_iter()
+                    .map(|((score, _), addr)| (score, addr))
+                    .collect()
+            } else {
+                top.into_iter().take(k).collect()
+            };
+        let mut hits = addresses
             .into_iter()
-            .map(|((score, seq), addr)| {
+            .map(|(score, addr)| {
                 let doc: TantivyDocument = searcher.doc(addr)?;
                 let chunk_id = doc
                     .get_first(self.fields.chunk_id)
@@ -320,10 +338,14 @@ impl KeywordIndex {
                     .ok_or_else(|| {
                         tantivy::TantivyError::InternalError("chunk without chunk_id".into())
                     })?;
+                let seq = doc
+                    .get_first(self.fields.seq)
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0);
                 Ok(KeywordHit {
                     chunk_id,
                     score,
-                    seq: seq.unwrap_or(0),
+                    seq,
                 })
             })
             .collect::<Result<Vec<_>, KeywordError>>()?;
@@ -470,6 +492,38 @@ mod tests {
     }
 
     #[test]
+    fn an_index_of_an_older_layout_is_started_afresh() {
+        // The layout before write sequence numbers: derived data, so it is
+        // dropped (the store refills it from the shard) rather than refused.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut b = Schema::builder();
+            let chunk_id = b.add_text_field("chunk_id", STRING | STORED);
+            b.add_text_field("doc_id", STRING | STORED);
+            b.add_text_field("version", STRING | STORED);
+            let directory = tantivy::directory::MmapDirectory::open(dir.path()).unwrap();
+            let index = Index::open_or_create(directory, b.build()).unwrap();
+            let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+            writer.add_document(doc!(chunk_id => "old")).unwrap();
+            writer.commit().unwrap();
+        }
+        let index = KeywordIndex::open_or_create(dir.path()).unwrap();
+        assert!(index.is_empty());
+        let key = Key::from_secret([3; 32]).id();
+        let ids = EncEncoderIds::new(key, vec![4, 5]);
+        index
+            .upsert(&[KeywordChunk {
+                chunk_id: "new",
+                doc_id: "d",
+                version: "v1",
+                ids: &ids,
+                seq: 9,
+            }])
+            .unwrap();
+        assert_eq!(index.entries().unwrap(), [("new".into(), "v1".into(), 9)]);
+    }
+
+    #[test]
     fn upsert_replaces_delete_removes_and_reopen_keeps_everything() {
         let dir = tempfile::tempdir().unwrap();
         let key = Key::from_secret([1; 32]).id();
@@ -510,7 +564,7 @@ mod tests {
             entries.sort();
             assert_eq!(
                 entries,
-                vec![("c1".into(), "v2".into()), ("c2".into(), "v1".into())]
+                vec![("c1".into(), "v2".into(), 3), ("c2".into(), "v1".into(), 2)]
             );
         }
         // Reopened (the tokenizer must be registered again for search to work).

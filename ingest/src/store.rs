@@ -163,10 +163,13 @@ pub struct ScoredChunk {
     pub chunk_id: ChunkId,
     pub score: f32,
     /// When the chunk was written: increasing with every write of a
-    /// collection (0 for chunks written before stores kept it). Chunk ids
-    /// are keyed hashes, so ordering exact ties by them would order them
-    /// differently under every key; write order is the same under every key
-    /// for the same uploads, so ties go by it first.
+    /// collection (0 for chunks written before stores kept it, which have no
+    /// key-independent tie order until uploaded again). Chunk ids are keyed
+    /// hashes, so ordering exact ties by them would order them differently
+    /// under every key; write order is the same under every key for the same
+    /// uploads, so ties go by it first. The keyword index also cuts at k by
+    /// it; dense search leaves exact ties at its cut (only duplicate vectors
+    /// tie exactly) to the vector store and orders what it returns by it.
     pub seq: u64,
 }
 

@@ -872,9 +872,10 @@ pub fn finish_reason(stop: StopReason) -> FinishReason {
 
 /// Reciprocal-rank fusion: each list (sorted best first) adds
 /// `1 / (RRF_K + rank)` to a chunk's score. Equal scores share a rank (the
-/// best of their positions): within a tie the order follows chunk ids, which
-/// are keyed hashes and so differ between keys, and giving tied chunks one
-/// rank keeps the fused scores the same in every id space. The lists are
+/// best of their positions): near-ties (scores a float rounding apart) can
+/// swap between id spaces, and giving tied chunks one rank keeps the fused
+/// scores the same in every id space. Equal fused scores go by write order,
+/// then chunk id. The lists are
 /// summed in a fixed order so equal inputs give bitwise equal scores.
 pub fn reciprocal_rank_fusion(lists: &[Vec<ScoredChunk>]) -> Vec<ScoredChunk> {
     let mut fused: HashMap<ChunkId, f32> = HashMap::new();

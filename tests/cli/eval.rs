@@ -101,3 +101,43 @@ fn any_beir_set_works_squad_paragraphs_and_answers_match() {
             > 0.8
     );
 }
+
+#[test]
+fn the_scale_bench_runs_small_and_draws_its_plot() {
+    // The README's scale figures come from this command at 1k–100k chunks;
+    // here it runs at two small sizes, which still writes both stores,
+    // searches every mode over HTTP and compares every pair of rankings
+    // (keyed document ids on each side, so key-dependent tie order fails).
+    let models = models_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("latency.svg");
+    let o = eerag(&[
+        "bench",
+        "--scale",
+        "--sizes",
+        "200,800",
+        "--scale-searches",
+        "12",
+        "--plot",
+        path(&plot),
+        "--models",
+        path(&models),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).expect("JSON report");
+    let sizes = report["sizes"].as_array().unwrap();
+    assert_eq!(sizes.len(), 2);
+    assert_eq!(sizes[0]["chunks"], 200);
+    assert_eq!(sizes[1]["chunks"], 800);
+    for size in sizes {
+        assert_eq!(size["rankings_compared_all_equal"], 36, "{size:#}");
+        for mode in ["dense", "keyword", "hybrid"] {
+            let s = &size[format!("search_{mode}")];
+            assert_eq!(s["samples"], 12);
+            assert!(s["encrypted_p50_ms"].as_f64().unwrap() > 0.0);
+        }
+    }
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("hybrid p50, encrypted"));
+}

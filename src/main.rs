@@ -1,5 +1,6 @@
 //! `eerag`: encrypted retrieval-augmented generation.
 
+mod attack_cmd;
 mod bench;
 mod bench_host;
 mod bench_peers;
@@ -85,6 +86,10 @@ enum Command {
     Eval(eval_cmd::EvalArgs),
     /// Measure encrypted vs plaintext speed side by side.
     Bench(bench::BenchArgs),
+    /// Measure what an attacker recovers: frequency analysis of stored ids,
+    /// attacks on one query, brute force, weight matching by the compute
+    /// host, matching stored vectors.
+    Attack(attack_cmd::AttackArgs),
     /// Run the host: the REST API over the embedded store and the transformed
     /// models. Takes host artifacts only: it has no key and no tokenizer.
     Serve(serve::ServeArgs),
@@ -215,6 +220,7 @@ fn main() -> Result<()> {
         } => demo::run(&models, &question, keep.as_deref())?,
         Command::Eval(args) => eval_cmd::run(&args)?,
         Command::Bench(args) => bench::run(&args)?,
+        Command::Attack(args) => attack_cmd::run(&args)?,
         Command::Serve(args) => serve::run(args)?,
         Command::Upload(args) => client_cmds::upload(&args)?,
         Command::Search(args) => client_cmds::search(&args)?,

@@ -45,10 +45,24 @@ pub struct ServeArgs {
     /// Skip hashing the artifacts against their manifest at start-up.
     #[arg(long)]
     no_verify: bool,
+    /// Refused: the host never takes the key (hidden; here only to say so).
+    #[arg(long, hide = true, num_args = 0..=1)]
+    key: Option<Option<PathBuf>>,
+    /// Refused: the host never takes a tokenizer (hidden; here only to say so).
+    #[arg(long, hide = true, num_args = 0..=1)]
+    tokenizer: Option<Option<PathBuf>>,
 }
+
+/// Why `eerag serve` refuses a key or a tokenizer.
+pub const REFUSE_SECRETS: &str = "eerag serve takes no key and no tokenizer: the host must never \
+hold either. Keep the key on the client and give the host only the artifacts `eerag transform` \
+writes (--artifacts).";
 
 /// Runs the server until Ctrl-C or SIGTERM.
 pub fn run(args: ServeArgs) -> Result<()> {
+    if args.key.is_some() || args.tokenizer.is_some() {
+        anyhow::bail!(REFUSE_SECRETS);
+    }
     let auth = match &args.config {
         Some(path) => Auth::from_file(path)?,
         None => Auth::Local,

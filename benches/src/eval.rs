@@ -12,11 +12,12 @@ use eerag_ingest::extract::{normalize, Extracted};
 use eerag_ingest::ranking::compare_rankings_with_floor;
 use eerag_ingest::upload::{upload_documents, UploadError, UploadOptions};
 use eerag_shared::models::fetch::ModelsDir;
+use eerag_shared::tokenize::EncoderTokenizer;
 use eerag_shared::wire::SearchMode;
 use eerag_shared::Key;
 use serde::Serialize;
 
-use crate::beir::{load_answers, BeirError, Dataset};
+use crate::beir::{load_answers, BeirError, CorpusDoc, Dataset};
 use crate::ir_metrics::{mrr_at, ndcg_at, recall_at};
 use crate::side::{HostSide, SideError};
 
@@ -254,6 +255,27 @@ fn document_ranking(hits: &[Hit]) -> Vec<String> {
         .collect()
 }
 
+/// The corpus as the upload job takes it: title and text normalised and cut
+/// as `eerag upload` cuts a file, each document named by its id. Documents
+/// with no text are left out.
+pub fn corpus_documents(
+    corpus: &[CorpusDoc],
+    tokenizer: &EncoderTokenizer,
+    chunking: &ChunkingOptions,
+) -> Vec<TextDocument> {
+    corpus
+        .iter()
+        .filter_map(|d| {
+            let text = normalize(&format!("{}\n\n{}", d.title, d.text));
+            let extracted = Extracted {
+                title: d.title.clone(),
+                text,
+            };
+            TextDocument::from_text(&d.id, extracted, tokenizer, chunking).ok()
+        })
+        .collect()
+}
+
 fn run_side(
     key: &Key,
     models: &ModelsDir,
@@ -264,24 +286,7 @@ fn run_side(
 ) -> Result<Retrieved, EvalError> {
     let side = HostSide::start(key, models)?;
     let client = &side.client;
-    let docs: Vec<TextDocument> = data
-        .corpus
-        .iter()
-        .filter_map(|d| {
-            let text = normalize(&format!("{}\n\n{}", d.title, d.text));
-            let extracted = Extracted {
-                title: d.title.clone(),
-                text,
-            };
-            TextDocument::from_text(
-                &d.id,
-                extracted,
-                client.encoder_tokenizer(),
-                &options.chunking,
-            )
-            .ok()
-        })
-        .collect();
+    let docs = corpus_documents(&data.corpus, client.encoder_tokenizer(), &options.chunking);
     let started = Instant::now();
     let summary = upload_documents(
         client,

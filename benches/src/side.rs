@@ -76,4 +76,18 @@ impl HostSide {
             client,
         })
     }
+
+    /// Stops the host and hands back its folder and the data directory in
+    /// it, closed, for reading the store as its operator would.
+    pub fn stop(self) -> Result<(tempfile::TempDir, std::path::PathBuf), SideError> {
+        let Self {
+            server,
+            client,
+            _dir: dir,
+        } = self;
+        drop(client);
+        server.stop()?;
+        let data = dir.path().join("data");
+        Ok((dir, data))
+    }
 }

@@ -27,7 +27,8 @@ use qdrant_edge::{
     Filter, JsonPath, Match, Payload, PayloadFieldSchema, PayloadSchemaType, PointId,
     PointOperations, PointStructPersisted, PointSyncOperation, QueryEnum, QueryRequestBuilder,
     Record, RetrieveRequestBuilder, ScoringQuery, ScrollRequestBuilder, SearchParams,
-    UpdateOperation, VectorInternal, VectorPersisted, VectorStructPersisted, WithPayloadInterface,
+    UpdateOperation, VectorInternal, VectorPersisted, VectorStructInternal, VectorStructPersisted,
+    WithPayloadInterface, WithVector,
 };
 use serde_json::{json, Map, Value};
 
@@ -720,6 +721,43 @@ impl Collection for EdgeCollection {
             .collect::<Result<Vec<_>>>()?;
         let next = next.map(|id| point_to_chunk(&id)).transpose()?;
         Ok((docs, next.map(|c| c.to_string())))
+    }
+
+    fn scan_chunks(
+        &self,
+        visit: &mut dyn FnMut(ChunkRecord, Vec<f32>) -> Result<()>,
+    ) -> Result<()> {
+        let _guard = self.read_lock()?;
+        let mut offset: Option<PointId> = None;
+        loop {
+            let mut request = ScrollRequestBuilder::new()
+                .limit(SCAN_PAGE)
+                .with_payload(WithPayloadInterface::Bool(true))
+                .with_vector(WithVector::Bool(true));
+            if let Some(o) = offset {
+                request = request.offset(o);
+            }
+            let (records, next) = self.shard.scroll(request.build()).map_err(vector_err)?;
+            for record in &records {
+                let vector = match &record.vector {
+                    Some(VectorStructInternal::Named(named)) => match named.get(DENSE) {
+                        Some(VectorInternal::Dense(v)) => v.clone(),
+                        _ => {
+                            return Err(StoreError::Corrupt(
+                                "point without its dense vector".into(),
+                            ))
+                        }
+                    },
+                    Some(VectorStructInternal::Single(v)) => v.clone(),
+                    _ => return Err(StoreError::Corrupt("point without its dense vector".into())),
+                };
+                visit(self.to_chunk(record)?, vector)?;
+            }
+            match next {
+                Some(n) => offset = Some(n),
+                None => return Ok(()),
+            }
+        }
     }
 
     fn dense_search(&self, vector: &[f32], k: usize) -> Result<Vec<ScoredChunk>> {

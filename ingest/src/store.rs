@@ -225,6 +225,11 @@ pub trait Collection: Send + Sync {
     ) -> Result<(Vec<DocumentInfo>, Option<String>)>;
     /// The `k` nearest chunks by cosine similarity, best first (exact search).
     fn dense_search(&self, vector: &[f32], k: usize) -> Result<Vec<ScoredChunk>>;
+    /// Calls `visit` for every chunk with its stored vector, in storage
+    /// order: everything the store holds for the collection, as its operator
+    /// can read it (for the attack harness and whole-collection jobs).
+    fn scan_chunks(&self, visit: &mut dyn FnMut(ChunkRecord, Vec<f32>) -> Result<()>)
+        -> Result<()>;
     /// The `k` best chunks by BM25 over encrypted encoder ids, best first.
     fn keyword_search(&self, query: &EncEncoderIds, k: usize) -> Result<Vec<ScoredChunk>>;
     /// Reads chunks by id, in the order asked; ids not found are left out.

@@ -198,6 +198,27 @@ fn write_artifacts(
     Ok(manifest)
 }
 
+/// Every file under `dir`, as `/`-separated paths relative to it.
+fn files_under(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(dir) {
+                let parts: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                out.push(parts.join("/"));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Paths of the artifact files (besides the manifest), in sorted order.
 fn artifact_files() -> Vec<String> {
     let mut files = vec![
@@ -297,6 +318,26 @@ impl HostArtifacts {
             return Err(bad(format!(
                 "manifest lists {:?}, expected exactly {expected:?}",
                 manifest.files.keys().collect::<Vec<_>>()
+            )));
+        }
+        // Nothing else may sit beside the artifacts: a tokenizer or a key
+        // file in the host's folder is exactly what must never reach it.
+        for rel in files_under(dir).map_err(|e| EeError::io(dir, e))? {
+            if rel != MANIFEST_FILE && !manifest.files.contains_key(&rel) {
+                return Err(bad(format!(
+                    "{rel} is not a host artifact: the host's folder must hold only what \
+                     `eerag transform` wrote (never a key file or a tokenizer)"
+                )));
+            }
+        }
+        let generator = dir.join(GENERATOR_FILE);
+        if crate::gguf::metadata(&generator)?
+            .keys()
+            .any(|k| k.starts_with("tokenizer."))
+        {
+            return Err(bad(format!(
+                "{GENERATOR_FILE} carries tokenizer metadata: the host takes transformed \
+                 artifacts, never a model with its tokenizer"
             )));
         }
         if verify {

@@ -204,6 +204,10 @@ const CANARIES: [&str; 4] = [
     "Mirabundel Oskarvane",
 ];
 
+/// Words only the questions contain (never the corpus): they reach the host
+/// only through the search and answer paths.
+const QUERY_CANARIES: [&str; 3] = ["Vexmorrowind", "glimmerquaint", "Trask Ollevander"];
+
 fn canary_corpus() -> Vec<TextDocument> {
     let mut docs = sample_documents();
     docs.push(TextDocument::from_chunks(
@@ -268,9 +272,55 @@ fn the_host_never_prints_or_stores_plaintext() {
     let mut short = request.clone();
     short.max_tokens = 4;
     client.host().answer("vault", &short).unwrap();
+    // The search and answer paths with words the corpus does not hold, and
+    // what the host sends back for them (ids and scores, never text).
+    let mut responses: Vec<(String, Vec<u8>)> = Vec::new();
+    for mode in [SearchMode::Dense, SearchMode::Keyword, SearchMode::Hybrid] {
+        let request = client
+            .encrypt_query("Did Trask Ollevander see the Vexmorrowind?", 3, mode)
+            .unwrap();
+        let hits = client.host().search("vault", &request).unwrap();
+        responses.push((
+            format!("{mode:?} search response"),
+            serde_json::to_vec(&hits).unwrap(),
+        ));
+    }
+    let mut question = client
+        .encrypt_question(
+            "Is the glimmerquaint kept by Trask Ollevander in the Vexmorrowind vault?",
+            &AskOptions {
+                k: 2,
+                ..AskOptions::default()
+            },
+        )
+        .unwrap();
+    question.max_tokens = 8;
+    let answered = client.host().answer("vault", &question).unwrap();
+    responses.push((
+        "answer response".into(),
+        serde_json::to_vec(&answered).unwrap(),
+    ));
+    let streamed = client
+        .ask(
+            "vault",
+            "Did Trask Ollevander hide the glimmerquaint?",
+            &AskOptions {
+                k: 2,
+                max_tokens: 8,
+                ..AskOptions::default()
+            },
+            |_| {},
+        )
+        .unwrap();
+    assert!(!streamed.sources.is_empty(), "the streamed answer ran");
     let listed = client.host().list_documents("vault", None, 100).unwrap();
+    responses.push(("document list".into(), serde_json::to_vec(&listed).unwrap()));
     for d in &listed.documents {
-        client.host().export_document("vault", &d.doc_id).unwrap();
+        let export = client.host().export_document("vault", &d.doc_id).unwrap();
+        responses.push((
+            "document export".into(),
+            serde_json::to_vec(&export).unwrap(),
+        ));
     }
     // Refused requests must not echo plaintext either (there is none to
     // echo: the client sends ids), and errors are logged too.
@@ -297,11 +347,16 @@ fn the_host_never_prints_or_stores_plaintext() {
         .collect();
     sources.push(("stdout".into(), std::fs::read(&stdout_path).unwrap()));
     sources.push(("stderr".into(), std::fs::read(&stderr_path).unwrap()));
+    assert!(
+        metrics.contains("search") && metrics.contains("answer"),
+        "the metrics counted the search and answer paths"
+    );
     sources.push(("/metrics".into(), metrics.into_bytes()));
+    sources.extend(responses);
     for (name, bytes) in &sources {
         scanned += 1;
         scanned_bytes += bytes.len();
-        for canary in CANARIES {
+        for canary in CANARIES.iter().chain(&QUERY_CANARIES) {
             if contains_ignoring_ascii_case(bytes, canary) {
                 leaks.push(format!("{canary} in {name}"));
             }
@@ -527,5 +582,99 @@ fn verify(client: &EncryptedClient, acknowledged: &BTreeMap<String, UpsertReques
             _ => 9,
         };
         assert_eq!(*chunks, expected, "document record-{n} is partial");
+    }
+}
+
+/// `eerag serve` with `args` added to a valid command line: its output.
+fn serve_refusing(setup: &Setup, artifacts: &Path, args: &[&str]) -> std::process::Output {
+    let data = setup.dir.path().join("refused-data");
+    let mut all = vec![
+        "serve",
+        "--artifacts",
+        path(artifacts),
+        "--data",
+        path(&data),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    all.extend_from_slice(args);
+    let out = eerag(&all);
+    assert!(!out.status.success(), "eerag serve {args:?} started");
+    assert!(!data.exists(), "a refused start created its data directory");
+    out
+}
+
+#[test]
+fn the_host_refuses_a_key_or_a_tokenizer() {
+    let setup = setup();
+    let key_file = setup.dir.path().join("client.eekey");
+    let tokenizer = setup.models.encoder_dir().join("tokenizer.json");
+    assert!(key_file.is_file() && tokenizer.is_file());
+    // No option takes either, and naming one is refused with the reason.
+    let help = eerag(&["serve", "--help"]);
+    let help_text = String::from_utf8_lossy(&help.stdout).to_string();
+    assert!(help_text.contains("--artifacts"));
+    assert!(
+        !help_text.contains("--key") && !help_text.contains("--tokenizer"),
+        "{help_text}"
+    );
+    for flags in [
+        vec!["--key", path(&key_file)],
+        vec!["--key"],
+        vec!["--tokenizer", path(&tokenizer)],
+    ] {
+        let out = serve_refusing(&setup, &setup.artifacts, &flags);
+        assert!(
+            stderr(&out).contains("takes no key and no tokenizer"),
+            "{flags:?}: {}",
+            stderr(&out)
+        );
+    }
+    // Nor does it start on an artifacts folder holding a key file or a
+    // tokenizer, wherever in the folder.
+    for (name, from) in [
+        ("client.eekey", &key_file),
+        ("encoder/tokenizer.json", &tokenizer),
+    ] {
+        let artifacts = setup
+            .dir
+            .path()
+            .join(format!("artifacts-with-{}", name.replace('/', "-")));
+        copy_dir(&setup.artifacts, &artifacts);
+        std::fs::copy(from, artifacts.join(name)).unwrap();
+        let out = serve_refusing(&setup, &artifacts, &[]);
+        assert!(
+            stderr(&out).contains(&format!("{name} is not a host artifact")),
+            "{name}: {}",
+            stderr(&out)
+        );
+    }
+    // Nor on a generator that still carries its tokenizer (the base model
+    // put where the transformed one belongs, manifest hash and all).
+    let artifacts = setup.dir.path().join("artifacts-with-base-gguf");
+    copy_dir(&setup.artifacts, &artifacts);
+    std::fs::copy(
+        setup.models.generator_gguf(),
+        artifacts.join("generator/model.gguf"),
+    )
+    .unwrap();
+    let out = serve_refusing(&setup, &artifacts, &["--no-verify"]);
+    assert!(
+        stderr(&out).contains("carries tokenizer metadata"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
     }
 }

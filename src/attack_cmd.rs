@@ -161,7 +161,7 @@ pub struct BruteForceArgs {
 pub struct WeightMatchArgs {
     /// Noise levels of the privately perturbed base (standard deviation
     /// relative to the embedding entries' RMS).
-    #[arg(long, value_delimiter = ',', default_value = "0.01,0.1,0.3,1,3")]
+    #[arg(long, value_delimiter = ',', default_value = "0.01,0.1,0.3,1,3,10")]
     pub noise: Vec<f64>,
     /// Rows sampled for the approximate attack on a perturbed base.
     #[arg(long, default_value_t = 4096)]
@@ -489,6 +489,10 @@ fn run_brute_force(args: &BruteForceArgs) -> Result<()> {
     log(&format!(
         "time to enumerate: 10^{:.0} years for the secret, 10^{:.0} years for one query's mappings, 10^{:.0} years for the generator permutations",
         r.log10_years_secret, r.log10_years_query_mappings, r.log10_years_generator_permutations
+    ));
+    log(&format!(
+        "  one query's mappings at a generous 10^9 candidates per second: 10^{:.0} years",
+        r.log10_years_query_mappings_at_1e9
     ));
     if args.json {
         println!(

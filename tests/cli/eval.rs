@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::{eerag, models_dir, path, stderr};
 
-fn dataset(name: &str) -> PathBuf {
+pub(crate) fn dataset(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/datasets")
         .join(name);

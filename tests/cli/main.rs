@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod attack;
 mod client;
 mod eval;
 mod gateway;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// Types and functions only client-side code may use (matched as whole
 /// words, so `KeyId` is not `Key`).
-const CLIENT_ONLY_NAMES: [&str; 10] = [
+const CLIENT_ONLY_NAMES: [&str; 9] = [
     "Key",
     "EncoderTokenizer",
     "GeneratorTokenizer",
@@ -20,11 +20,12 @@ const CLIENT_ONLY_NAMES: [&str; 10] = [
     "Permutation",
     "chatml_prompt",
     "tokenize",
-    "tokenizers",
 ];
 
-/// Client-side modules.
-const CLIENT_ONLY_MODULES: [&str; 7] = [
+/// Client-side modules and crates (a path ending in `::` matches any item
+/// under it).
+const CLIENT_ONLY_MODULES: [&str; 8] = [
+    "tokenizers::",
     "eerag_shared::key",
     "eerag_shared::client",
     "eerag_shared::metadata",
@@ -104,13 +105,18 @@ fn client_names_in(code: &str) -> Vec<String> {
         .filter(|name| words.iter().any(|w| w == *name))
         .map(|name| name.to_string())
         .collect();
-    let joined: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    // Paths with the spaces around `::` taken out (`a :: b`, line breaks).
+    let joined = code.split("::").map(str::trim).collect::<Vec<_>>().join("::");
     for module in CLIENT_ONLY_MODULES {
+        let ident = |c: char| c.is_alphanumeric() || c == '_';
         let whole = joined.match_indices(module).any(|(i, m)| {
-            !joined[i + m.len()..]
+            let starts = !joined[..i]
                 .chars()
-                .next()
-                .is_some_and(|c| c.is_alphanumeric() || c == '_')
+                .next_back()
+                .is_some_and(|c| ident(c) || c == '.');
+            let ends =
+                m.ends_with("::") || !joined[i + m.len()..].chars().next().is_some_and(ident);
+            starts && ends
         });
         if whole {
             found.push(module.to_string());
@@ -147,6 +153,13 @@ fn the_check_catches_what_it_should() {
     );
     let module = "use eerag_shared::{\n    client::ClientCipher as C,\n};";
     assert!(!client_names_in(&code_of(module)).is_empty());
+    let crate_path = "let t = tokenizers::Tokenizer::from_file(p);";
+    assert_eq!(
+        client_names_in(&code_of(crate_path)),
+        vec!["tokenizers::".to_string()]
+    );
+    // tantivy's own `index.tokenizers()` is not the crate.
+    assert!(client_names_in(&code_of("index.tokenizers().register(x);")).is_empty());
     let grouped = "use eerag_ingest::client :: X;";
     assert_eq!(
         client_names_in(&code_of(grouped)),

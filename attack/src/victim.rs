@@ -147,7 +147,7 @@ pub fn ingest(
         stored.push((chunk.seq, chunk.chunk_id, chunk, vector));
         Ok(())
     })?;
-    stored.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    stored.sort_by_key(|s| (s.0, s.1));
     let chunks = stored
         .into_iter()
         .map(|(_, _, c, vector)| StoredChunk {

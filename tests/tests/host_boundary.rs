@@ -106,7 +106,11 @@ fn client_names_in(code: &str) -> Vec<String> {
         .map(|name| name.to_string())
         .collect();
     // Paths with the spaces around `::` taken out (`a :: b`, line breaks).
-    let joined = code.split("::").map(str::trim).collect::<Vec<_>>().join("::");
+    let joined = code
+        .split("::")
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("::");
     for module in CLIENT_ONLY_MODULES {
         let ident = |c: char| c.is_alphanumeric() || c == '_';
         let whole = joined.match_indices(module).any(|(i, m)| {

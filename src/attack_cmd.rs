@@ -1,6 +1,7 @@
 //! `eerag attack`: runs the attacks of [`eerag_attack`] on what the real
 //! pipeline produced and prints what each recovered.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -8,14 +9,14 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
 use eerag_attack::frequency::{self, FrequencyOptions};
-use eerag_attack::single::{self, BigramLoss, LanguageModelLoss, Loss, Search};
+use eerag_attack::single::{self, BigramLoss, Budget, LanguageModelLoss, Loss, Search};
 use eerag_attack::stats::TokenStats;
 use eerag_attack::victim::{self, Amount};
 use eerag_attack::{brute_force, vector_match, weight_match};
 use eerag_benches::beir::{CorpusDoc, Dataset};
 use eerag_benches::eval::corpus_documents;
 use eerag_ingest::chunking::ChunkingOptions;
-use eerag_ingest::client::TextDocument;
+use eerag_ingest::client::{chatml_template, AskOptions, TextDocument};
 use eerag_shared::models::encoder::Encoder;
 use eerag_shared::models::fetch::ModelsDir;
 use eerag_shared::models::generator::Generator;
@@ -83,8 +84,11 @@ pub struct FrequencyArgs {
     #[arg(long, value_delimiter = ',', default_value = "encoder,generator")]
     pub vocab: Vec<Vocab>,
     /// Seconds of hill climbing per size and vocabulary.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 60.0, value_parser = parse_seconds)]
     pub budget_secs: f64,
+    /// Stop climbing after this many steps (for reproducible runs).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
     /// Starting temperature of the annealing, in nats per occurrence (0:
     /// plain hill climbing).
     #[arg(long, default_value_t = 3.0)]
@@ -128,8 +132,12 @@ pub struct SingleArgs {
     #[arg(long, default_value_t = 10)]
     pub queries: usize,
     /// Seconds of search per query.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 20.0, value_parser = parse_seconds)]
     pub budget_secs: f64,
+    /// Stop a query's search after this many candidates (for reproducible
+    /// runs).
+    #[arg(long)]
+    pub max_candidates: Option<u64>,
     #[arg(long, value_enum, default_value_t = Scorer::Bigram)]
     pub scorer: Scorer,
     #[arg(long, default_value_t = 1)]
@@ -149,7 +157,7 @@ pub struct BruteForceArgs {
     )]
     pub query: String,
     /// Seconds spent measuring the rate.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
     pub budget_secs: f64,
     #[arg(long)]
     pub json: bool,
@@ -201,6 +209,14 @@ pub fn run(args: &AttackArgs) -> Result<()> {
         Attack::BruteForce(a) => run_brute_force(a),
         Attack::WeightMatch(a) => run_weight_match(a),
         Attack::VectorMatch(a) => run_vector_match(a),
+    }
+}
+
+/// A time budget: finite and not negative.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds")),
     }
 }
 
@@ -273,8 +289,14 @@ fn run_frequency(args: &FrequencyArgs) -> Result<()> {
     if most == 0 {
         bail!("--sizes must name at least one positive amount");
     }
-    let (victim_docs, used) =
-        victim::documents_up_to(&data.corpus, &enc, &chunking, Amount::Tokens(most))?;
+    // 10% more encoder tokens than the largest size: the generator's
+    // tokenizer cuts the same text into a few percent fewer tokens.
+    let (victim_docs, used) = victim::documents_up_to(
+        &data.corpus,
+        &enc,
+        &chunking,
+        Amount::Tokens(most.saturating_add(most / 10)),
+    )?;
     let public_docs = match &args.text.public {
         Some(p) => corpus_documents(&public_corpus(p)?, &enc, &chunking),
         None => corpus_documents(&data.corpus[used..], &enc, &chunking),
@@ -321,6 +343,7 @@ fn run_frequency(args: &FrequencyArgs) -> Result<()> {
         for &tokens in &args.sizes {
             if tokens > stored {
                 log(&format!("  {tokens} tokens: only {stored} stored, skipped"));
+                results.push(json!({"vocab": vocab, "skipped": tokens, "stored": stored}));
                 continue;
             }
             let r = frequency::attack(
@@ -331,7 +354,7 @@ fn run_frequency(args: &FrequencyArgs) -> Result<()> {
                     budget_secs: args.budget_secs,
                     seed: args.seed,
                     temperature: args.temperature,
-                    max_steps: None,
+                    max_steps: args.max_steps,
                 },
             );
             log(&format!(
@@ -394,31 +417,55 @@ fn run_single(args: &SingleArgs, search: Search) -> Result<()> {
     // them (the generator ids of an `ask`).
     let key = Key::generate()?;
     let perm = key.generator_permutation(gen.vocab_size());
+    // Every `ask` also carries the prompt template, encrypted; its plaintext
+    // is public (eerag's default), so the host learns those ids' meanings.
+    let template = chatml_template(&gen, &AskOptions::default().system)?;
+    let mut known = HashMap::new();
+    for &t in template
+        .before_context
+        .iter()
+        .chain(&template.between_chunks)
+        .chain(&template.before_question)
+        .chain(&template.after_question)
+    {
+        known.insert(perm.apply(t)?, t);
+    }
     let mut rows = Vec::new();
-    let (mut right, mut total) = (0usize, 0usize);
+    let (mut right, mut total, mut known_total) = (0usize, 0usize, 0usize);
     let mut below_truth = 0usize;
     for (i, q) in data.queries.iter().take(args.queries).enumerate() {
         let plain = gen.encode(&q.text)?;
+        if plain.is_empty() {
+            log(&format!("  query {}: no tokens, skipped", i + 1));
+            continue;
+        }
         let cipher = perm.apply_all(&plain)?;
         let r = single::attack(
             &cipher,
             &plain,
+            &known,
             &public,
             loss.as_mut(),
             search,
-            args.budget_secs,
+            Budget {
+                seconds: args.budget_secs,
+                max_candidates: args.max_candidates,
+            },
             args.seed + i as u64,
         )?;
         right += r.recovered_tokens;
         total += r.tokens;
+        known_total += r.known_tokens;
         if r.best_loss < r.true_loss {
             below_truth += 1;
         }
         log(&format!(
-            "  query {}: {}/{} tokens recovered, {} candidates, best loss {:.1} vs the truth's {:.1}",
+            "  query {}: {}/{} tokens recovered ({} known from the template), {} candidates, \
+             best loss {:.1} vs the truth's {:.1}",
             i + 1,
             r.recovered_tokens,
             r.tokens,
+            r.known_tokens,
             r.candidates,
             r.best_loss,
             r.true_loss
@@ -427,13 +474,16 @@ fn run_single(args: &SingleArgs, search: Search) -> Result<()> {
     }
     let rate = right as f64 / total.max(1) as f64;
     log(&format!(
-        "{search:?} ({:?} loss, {} s per query): {} of {} query tokens recovered ({}); \
-         the search found a text the loss prefers to the truth in {} of {} queries",
+        "{search:?} ({:?} loss, {} s per query): {} of {} query tokens recovered ({}), {} of them \
+         known from the prompt template ({} distinct template ids); the search found a text the \
+         loss prefers to the truth in {} of {} queries",
         args.scorer,
         args.budget_secs,
         right,
         total,
         pct(rate),
+        known_total,
+        known.len(),
         below_truth,
         rows.len()
     ));
@@ -448,6 +498,8 @@ fn run_single(args: &SingleArgs, search: Search) -> Result<()> {
                 "tokens": total,
                 "recovered_tokens": right,
                 "recovered_rate": rate,
+                "known_from_template": known_total,
+                "template_ids_known": known.len(),
                 "chance_rate": 1.0 / gen.vocab_size() as f64,
                 "best_below_truth": below_truth,
                 "per_query": rows,

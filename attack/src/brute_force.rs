@@ -1,8 +1,11 @@
 //! Brute force: the size of the key space and how long enumerating it takes
-//! at a rate measured here. Two spaces matter: the permutations themselves
-//! (V! per vocabulary; an attacker enumerating mappings) and the 256-bit
-//! master secret every permutation is derived from (an attacker running
-//! eerag's own key derivation). The smaller is the real bound.
+//! at a rate measured here. The spaces: the 256-bit master secret every
+//! permutation is derived from (an attacker running eerag's own key
+//! derivation: the real bound on recovering the key), the permutations
+//! themselves (V! per vocabulary), and the mappings of one query's distinct
+//! ids alone — a space an attacker could enumerate without deriving keys,
+//! but with no way to tell the right candidate from the others beyond a
+//! language model's loss (see [`crate::single`]).
 
 use std::time::Instant;
 
@@ -32,7 +35,7 @@ pub struct BruteForceReport {
     pub keys_per_second: f64,
     pub keys_tried: u64,
     pub seconds: f64,
-    /// log₁₀ of the years to enumerate each space at that rate.
+    /// log₁₀ of the years to enumerate each space at the measured rate.
     pub log10_years_secret: f64,
     pub log10_years_query_mappings: f64,
     pub log10_years_generator_permutations: f64,

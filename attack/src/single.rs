@@ -83,7 +83,11 @@ pub enum Search {
 pub struct QueryResult {
     pub tokens: usize,
     pub distinct_ids: usize,
-    /// Positions whose token the best candidate got right.
+    /// Positions the attacker knew before searching (ids the prompt
+    /// template gives away).
+    pub known_tokens: usize,
+    /// Positions whose token the best candidate got right (known ones
+    /// included).
     pub recovered_tokens: usize,
     /// Candidates scored in the budget.
     pub candidates: u64,
@@ -97,6 +101,11 @@ struct Problem<'a> {
     /// Per position, the index of its ciphertext id among the distinct ones.
     slots: Vec<usize>,
     distinct: usize,
+    /// Per distinct id, its plaintext if the attacker already knows it.
+    fixed: Vec<Option<u32>>,
+    /// Plaintext tokens already known to belong to other ciphertext ids:
+    /// no unknown id can decrypt to one of them.
+    known_plain: std::collections::HashSet<u32>,
     public: &'a TokenStats,
     /// The most frequent public tokens, for unigram proposals.
     common: &'a [u32],
@@ -110,8 +119,8 @@ impl Problem<'_> {
     /// A whole candidate drawn left to right from the public bigram model,
     /// one to one.
     fn sample(&self, rng: &mut ChaCha20Rng) -> Vec<u32> {
-        let mut assignment = vec![u32::MAX; self.distinct];
-        let mut used = std::collections::HashSet::new();
+        let mut assignment: Vec<u32> = self.fixed.iter().map(|f| f.unwrap_or(u32::MAX)).collect();
+        let mut used = self.known_plain.clone();
         let mut prev: Option<u32> = None;
         for &s in &self.slots {
             if assignment[s] == u32::MAX {
@@ -147,7 +156,13 @@ impl Problem<'_> {
     /// that held it, to stay one to one).
     fn neighbour(&self, assignment: &[u32], rng: &mut ChaCha20Rng) -> Vec<u32> {
         let mut next = assignment.to_vec();
-        let pos = rng.random_range(0..self.slots.len());
+        let open: Vec<usize> = (0..self.slots.len())
+            .filter(|&p| self.fixed[self.slots[p]].is_none())
+            .collect();
+        if open.is_empty() {
+            return next;
+        }
+        let pos = open[rng.random_range(0..open.len())];
         let s = self.slots[pos];
         let t = match pos.checked_sub(1) {
             Some(p) if rng.random_bool(0.5) => {
@@ -160,6 +175,9 @@ impl Problem<'_> {
             }
             _ => self.common[rng.random_range(0..self.common.len())],
         };
+        if self.known_plain.contains(&t) {
+            return next; // belongs to a known id: not a candidate
+        }
         if let Some(other) = next.iter().position(|&x| x == t) {
             next[other] = next[s];
         }
@@ -168,17 +186,34 @@ impl Problem<'_> {
     }
 }
 
-/// Runs `search` on `cipher` for `budget_secs`; `truth` is the plaintext,
-/// used only to score the result.
+/// Limits of one search.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub seconds: f64,
+    /// Stop after this many candidates even within the time (for
+    /// reproducible runs).
+    pub max_candidates: Option<u64>,
+}
+
+/// Runs `search` on `cipher` within `budget`; `known` maps ciphertext ids
+/// the attacker already knows (from the public prompt template every
+/// request carries) to their plaintext; `truth` is the plaintext, used only
+/// to score the result.
+#[allow(clippy::too_many_arguments)]
 pub fn attack(
     cipher: &[u32],
     truth: &[u32],
+    known: &HashMap<u32, u32>,
     public: &TokenStats,
     loss: &mut dyn Loss,
     search: Search,
-    budget_secs: f64,
+    budget: Budget,
     seed: u64,
 ) -> Result<QueryResult> {
+    if cipher.is_empty() {
+        return Err(crate::AttackError::Invalid("an empty ciphertext".into()));
+    }
+    let budget_secs = budget.seconds;
     let mut index: HashMap<u32, usize> = HashMap::new();
     let slots: Vec<usize> = cipher
         .iter()
@@ -188,9 +223,16 @@ pub fn attack(
         })
         .collect();
     let common_len = public.distinct().clamp(1, 8192);
+    let mut fixed = vec![None; index.len()];
+    for (&c, &i) in &index {
+        fixed[i] = known.get(&c).copied();
+    }
+    let known_tokens = cipher.iter().filter(|c| known.contains_key(c)).count();
     let problem = Problem {
         distinct: index.len(),
         slots,
+        fixed,
+        known_plain: known.values().copied().collect(),
         public,
         common: &public.ranked()[..common_len],
     };
@@ -203,7 +245,9 @@ pub fn attack(
     // without improvement (a local optimum); the best overall is kept.
     let patience = 50 + 20 * problem.distinct as u64;
     let (mut current, mut current_loss, mut stale) = (best.clone(), best_loss, 0u64);
-    while start.elapsed().as_secs_f64() < budget_secs {
+    while start.elapsed().as_secs_f64() < budget_secs
+        && budget.max_candidates.is_none_or(|m| candidates < m)
+    {
         let candidate = match search {
             Search::HillClimb if stale >= patience => {
                 stale = 0;
@@ -232,6 +276,7 @@ pub fn attack(
     Ok(QueryResult {
         tokens: cipher.len(),
         distinct_ids: problem.distinct,
+        known_tokens,
         recovered_tokens: guess.iter().zip(truth).filter(|(a, b)| a == b).count(),
         candidates,
         best_loss,
@@ -251,6 +296,8 @@ mod tests {
         let problem = Problem {
             slots: vec![0, 1, 0, 2],
             distinct: 3,
+            fixed: vec![None, None, Some(6)],
+            known_plain: [6u32, 7].into_iter().collect(),
             public: &public,
             common: &public.ranked()[..7],
         };
@@ -261,7 +308,12 @@ mod tests {
             assert_eq!(text[0], text[2]);
             assert_ne!(text[0], text[1]);
             assert_ne!(text[1], text[3]);
+            // Known ids keep their plaintext; others never take a known one.
+            assert_eq!(text[3], 6);
+            assert!(text[0] != 7 && text[1] != 7 && text[0] != 6 && text[1] != 6);
             let b = problem.neighbour(&a, &mut rng);
+            assert_eq!(b[2], 6);
+            assert!(!b[..2].contains(&7));
             let mut sorted = b.clone();
             sorted.sort_unstable();
             sorted.dedup();
@@ -277,13 +329,18 @@ mod tests {
         let result = attack(
             &[7, 5, 6, 0],
             &[1, 2, 3, 4],
+            &HashMap::new(),
             &public,
             &mut BigramLoss(&public),
             Search::HillClimb,
-            0.2,
+            Budget {
+                seconds: 600.0,
+                max_candidates: Some(20_000),
+            },
             1,
         )
         .unwrap();
+        assert_eq!(result.candidates, 20_000);
         assert_eq!(result.recovered_tokens, 4, "{result:?}");
         assert!(result.best_loss <= result.true_loss + 1e-9);
     }

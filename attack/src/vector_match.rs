@@ -72,7 +72,9 @@ fn top1(found: &[u32], want: impl Fn(usize) -> u32) -> f64 {
 }
 
 /// The orthogonal matrix nearest to `m` (its polar factor) by Newton–Schulz
-/// iteration; for a rank-deficient `m`, one completion of it.
+/// iteration. For a rank-deficient `m` (fewer known pairs than dimensions)
+/// the iteration leaves the null space at zero: a partial isometry that
+/// undoes `R` on the span of the known vectors only.
 fn polar(m: &Tensor) -> Result<Tensor> {
     let fro = m.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
     let mut x = (m / fro.max(1e-300))?;

@@ -463,16 +463,7 @@ impl EncryptedClient {
                 ));
             }
         }
-        let mut before_context = tok.encode_template("<|im_start|>system\n")?;
-        before_context.extend(tok.encode(&options.system)?);
-        before_context.extend(tok.encode_template("<|im_end|>\n<|im_start|>user\n")?);
-        before_context.extend(tok.encode("Context:\n")?);
-        let template = PromptTemplate {
-            before_context,
-            between_chunks: tok.encode("\n\n")?,
-            before_question: tok.encode("\n\nQuestion: ")?,
-            after_question: tok.encode_template("<|im_end|>\n<|im_start|>assistant\n")?,
-        };
+        let template = chatml_template(tok, &options.system)?;
         let stop = self.stop_ids();
         let enc = |ids: &[u32]| -> Result<Vec<u32>> {
             Ok(self.cipher.encrypt_generator(ids)?.ids().to_vec())
@@ -580,4 +571,21 @@ impl EncryptedClient {
             sources,
         })
     }
+}
+
+/// The plaintext prompt template every `ask` sends (encrypted) around the
+/// retrieved chunks and the question: ChatML with `system` as the system
+/// prompt. Public knowledge — the attack harness uses it as what a host
+/// knows of every request.
+pub fn chatml_template(tok: &GeneratorTokenizer, system: &str) -> Result<PromptTemplate> {
+    let mut before_context = tok.encode_template("<|im_start|>system\n")?;
+    before_context.extend(tok.encode(system)?);
+    before_context.extend(tok.encode_template("<|im_end|>\n<|im_start|>user\n")?);
+    before_context.extend(tok.encode("Context:\n")?);
+    Ok(PromptTemplate {
+        before_context,
+        between_chunks: tok.encode("\n\n")?,
+        before_question: tok.encode("\n\nQuestion: ")?,
+        after_question: tok.encode_template("<|im_end|>\n<|im_start|>assistant\n")?,
+    })
 }

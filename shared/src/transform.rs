@@ -198,14 +198,16 @@ fn write_artifacts(
     Ok(manifest)
 }
 
-/// Every file under `dir`, as `/`-separated paths relative to it.
+/// Every entry under `dir` that is not a directory (files, and symbolic
+/// links, which are not followed), as `/`-separated paths relative to it.
 fn files_under(dir: &Path) -> std::io::Result<Vec<String>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d)? {
-            let path = entry?.path();
-            if path.is_dir() {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
                 stack.push(path);
             } else if let Ok(rel) = path.strip_prefix(dir) {
                 let parts: Vec<String> = rel

@@ -275,15 +275,28 @@ fn the_host_never_prints_or_stores_plaintext() {
     // The search and answer paths with words the corpus does not hold, and
     // what the host sends back for them (ids and scores, never text).
     let mut responses: Vec<(String, Vec<u8>)> = Vec::new();
+    // Raw bodies, as the host sent them.
+    let http = reqwest::blocking::Client::new();
+    let raw = |route: &str, body: Vec<u8>| -> Vec<u8> {
+        let response = http
+            .post(format!("{}/v1/collections/vault/{route}", server.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{route}: {}",
+            response.status()
+        );
+        response.bytes().unwrap().to_vec()
+    };
     for mode in [SearchMode::Dense, SearchMode::Keyword, SearchMode::Hybrid] {
         let request = client
             .encrypt_query("Did Trask Ollevander see the Vexmorrowind?", 3, mode)
             .unwrap();
-        let hits = client.host().search("vault", &request).unwrap();
-        responses.push((
-            format!("{mode:?} search response"),
-            serde_json::to_vec(&hits).unwrap(),
-        ));
+        let body = raw("search", serde_json::to_vec(&request).unwrap());
+        responses.push((format!("{mode:?} search response"), body));
     }
     let mut question = client
         .encrypt_question(
@@ -295,11 +308,12 @@ fn the_host_never_prints_or_stores_plaintext() {
         )
         .unwrap();
     question.max_tokens = 8;
-    let answered = client.host().answer("vault", &question).unwrap();
-    responses.push((
-        "answer response".into(),
-        serde_json::to_vec(&answered).unwrap(),
-    ));
+    for stream in [false, true] {
+        question.stream = stream;
+        let body = raw("answer", serde_json::to_vec(&question).unwrap());
+        assert!(body.len() > 20, "an answer came back");
+        responses.push((format!("answer response (stream {stream})"), body));
+    }
     let streamed = client
         .ask(
             "vault",

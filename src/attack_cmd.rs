@@ -329,9 +329,7 @@ fn run_frequency(args: &FrequencyArgs) -> Result<()> {
             Vocab::Encoder => victim.key.encoder_permutation(size),
             Vocab::Generator => victim.key.generator_permutation(size),
         };
-        let truth: Vec<u32> = (0..size as u32)
-            .map(|c| perm.invert(c))
-            .collect::<Result<_, _>>()?;
+        let truth = perm.inverse_table();
         let public_seqs = sequences(&public_docs, vocab, &enc, &gen)?;
         let public = TokenStats::count(size, public_seqs.iter().map(Vec::as_slice));
         let stored: usize = cipher.iter().map(Vec::len).sum();
@@ -349,7 +347,7 @@ fn run_frequency(args: &FrequencyArgs) -> Result<()> {
             let r = frequency::attack(
                 &frequency::prefix(&cipher, tokens),
                 &public,
-                &truth,
+                truth,
                 &FrequencyOptions {
                     budget_secs: args.budget_secs,
                     seed: args.seed,
@@ -610,15 +608,13 @@ fn run_weight_match(args: &WeightMatchArgs) -> Result<()> {
             Vocab::Encoder => key.encoder_permutation(public.rows),
             Vocab::Generator => key.generator_permutation(public.rows),
         };
-        let truth: Vec<u32> = (0..public.rows as u32)
-            .map(|c| perm.invert(c))
-            .collect::<Result<_, _>>()?;
-        let exact = weight_match::exact(&public, &transformed, &truth);
+        let truth = perm.inverse_table();
+        let exact = weight_match::exact(&public, &transformed, truth);
         log(&format!(
             "{vocab:?} ({} rows x {}): exact matching recovered {} ({}) in {:.2} s ({} rows ambiguous); tables read in {:.1} s",
             public.rows, public.dim, exact.recovered, pct(exact.share), exact.seconds, exact.ambiguous, load_seconds
         ));
-        let nearest = weight_match::nearest(&public, &transformed.values, &truth, None)?;
+        let nearest = weight_match::nearest(&public, &transformed.values, truth, None)?;
         log(&format!(
             "  nearest-row matching recovered {} ({}) in {:.1} s",
             nearest.recovered,

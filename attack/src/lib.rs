@@ -45,6 +45,13 @@ pub enum AttackError {
 /// Result of the harness.
 pub type Result<T> = std::result::Result<T, AttackError>;
 
+/// `t`'s rows scaled to unit length (cosine similarity becomes a dot
+/// product); all-zero rows stay zero.
+pub(crate) fn unit_rows(t: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+    let norms = t.sqr()?.sum_keepdim(1)?.sqrt()?.affine(1.0, 1e-12)?;
+    Ok(t.broadcast_div(&norms)?)
+}
+
 /// Seconds since `start`.
 pub(crate) fn secs(start: std::time::Instant) -> f64 {
     start.elapsed().as_secs_f64()

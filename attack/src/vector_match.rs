@@ -17,7 +17,7 @@ use eerag_shared::models::encoder::Encoder;
 use serde::Serialize;
 
 use crate::victim::Victim;
-use crate::{secs, Result};
+use crate::{secs, unit_rows, Result};
 
 /// Top-1 match rate with `pairs` known (text, vector) pairs.
 #[derive(Clone, Debug, Serialize)]
@@ -52,9 +52,7 @@ pub struct VectorMatchReport {
 fn matrix(rows: &[Vec<f32>]) -> Result<Tensor> {
     let dim = rows.first().map_or(0, Vec::len);
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-    let t = Tensor::from_slice(&flat, (rows.len(), dim), &Device::Cpu)?.to_dtype(DType::F64)?;
-    let norms = t.sqr()?.sum_keepdim(1)?.sqrt()?.affine(1.0, 1e-12)?;
-    Ok(t.broadcast_div(&norms)?)
+    unit_rows(&Tensor::from_slice(&flat, (rows.len(), dim), &Device::Cpu)?.to_dtype(DType::F64)?)
 }
 
 /// For each row of `queries`, the index of the most similar row of `keys`.

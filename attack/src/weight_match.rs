@@ -26,7 +26,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 
-use crate::{secs, AttackError, Result};
+use crate::{secs, unit_rows, AttackError, Result};
 
 /// Host rows matched per matrix product.
 const BLOCK: usize = 1024;
@@ -128,9 +128,7 @@ pub fn exact(public: &Table, host: &Table, truth: &[u32]) -> MatchResult {
 }
 
 fn normalized(values: &[f32], rows: usize, dim: usize) -> Result<Tensor> {
-    let t = Tensor::from_slice(values, (rows, dim), &Device::Cpu)?;
-    let norms = t.sqr()?.sum_keepdim(1)?.sqrt()?.affine(1.0, 1e-12)?;
-    Ok(t.broadcast_div(&norms)?)
+    unit_rows(&Tensor::from_slice(values, (rows, dim), &Device::Cpu)?)
 }
 
 /// Approximate matching: each of the `host` rows numbered in `which` (all
@@ -192,24 +190,18 @@ pub struct PerturbedResult {
     pub embedding_cosine: Option<f64>,
 }
 
-/// `public` plus Gaussian noise of `noise` × RMS, rows moved by `perm`
-/// (row `t` to row `perm[t]`, as the transform moves them).
-fn private_host_rows(
-    public: &Table,
-    perm: &Permutation,
-    noise: f64,
-    seed: u64,
-) -> Result<Vec<f32>> {
-    let perturbed = perturb(public, noise, seed)?;
-    let dim = public.dim;
-    let mut host = vec![0f32; perturbed.len()];
-    for t in 0..public.rows {
-        let c = perm.apply(t as u32)? as usize;
-        host[c * dim..(c + 1) * dim].copy_from_slice(&perturbed[t * dim..(t + 1) * dim]);
+/// The rows of `values` moved by `perm` (row `t` to row `perm[t]`), as the
+/// transform moves them.
+fn host_rows(values: &[f32], dim: usize, perm: &Permutation) -> Vec<f32> {
+    let mut host = vec![0f32; values.len()];
+    for (t, &c) in perm.forward_table().iter().enumerate() {
+        let c = c as usize;
+        host[c * dim..(c + 1) * dim].copy_from_slice(&values[t * dim..(t + 1) * dim]);
     }
-    Ok(host)
+    host
 }
 
+/// `public`'s values plus Gaussian noise of `noise` × their RMS.
 fn perturb(public: &Table, noise: f64, seed: u64) -> Result<Vec<f32>> {
     let rms = (public
         .values
@@ -283,16 +275,16 @@ pub fn perturbed(
     probe: Option<&EncoderProbe<'_>>,
     seed: u64,
 ) -> Result<Vec<PerturbedResult>> {
-    let truth: Vec<u32> = (0..public.rows as u32)
-        .map(|c| perm.invert(c))
-        .collect::<eerag_shared::Result<_>>()?;
+    let truth = perm.inverse_table();
     let mut rows: Vec<usize> = (0..public.rows).collect();
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     rand::seq::SliceRandom::shuffle(rows.as_mut_slice(), &mut rng);
     rows.truncate(sample.min(public.rows));
     let mut out = Vec::new();
     for (i, &noise) in noises.iter().enumerate() {
-        let host_values = private_host_rows(public, perm, noise, seed + 1 + i as u64)?;
+        // The owner's private base, and the host's permuted copy of it.
+        let private = perturb(public, noise, seed + 1 + i as u64)?;
+        let host_values = host_rows(&private, public.dim, perm);
         let host = Table {
             rows: public.rows,
             dim: public.dim,
@@ -300,20 +292,16 @@ pub fn perturbed(
             values: host_values,
         };
         let exact_share = if public.raw.len() == public.values.len() * 4 {
-            exact(public, &host, &truth).share
+            exact(public, &host, truth).share
         } else {
             // A quantized table's bytes are not its f32 values; perturbed
             // rows are f32, so no row can match a base row's bytes.
             0.0
         };
-        let nearest = nearest(public, &host.values, &truth, Some(&rows))?;
+        let nearest = nearest(public, &host.values, truth, Some(&rows))?;
         let embedding_cosine = match probe {
-            Some(p) => {
-                // The perturbed base itself (unpermuted): the model the
-                // owner would run.
-                let perturbed = perturb(public, noise, seed + 1 + i as u64)?;
-                Some(embedding_cosine(p, &perturbed, public)?)
-            }
+            // The private base itself (unpermuted): the model the owner runs.
+            Some(p) => Some(embedding_cosine(p, &private, public)?),
             None => None,
         };
         out.push(PerturbedResult {
@@ -347,17 +335,17 @@ mod tests {
         let public = table(300, 16, 1);
         let mut rng = ChaCha20Rng::seed_from_u64(2);
         let perm = Permutation::fisher_yates(300, &mut rng, "test");
-        let host_values = private_host_rows(&public, &perm, 0.0, 3).unwrap();
+        let host_values = host_rows(&public.values, 16, &perm);
         let host = Table {
             rows: 300,
             dim: 16,
             raw: host_values.iter().flat_map(|v| v.to_le_bytes()).collect(),
             values: host_values,
         };
-        let truth: Vec<u32> = (0..300).map(|c| perm.invert(c).unwrap()).collect();
-        assert_eq!(exact(&public, &host, &truth).recovered, 300);
+        let truth = perm.inverse_table();
+        assert_eq!(exact(&public, &host, truth).recovered, 300);
         assert_eq!(
-            nearest(&public, &host.values, &truth, None)
+            nearest(&public, &host.values, truth, None)
                 .unwrap()
                 .recovered,
             300

@@ -423,13 +423,27 @@ impl EdgeCollection {
         &self,
         filter: Option<Filter>,
         fields: &[&str],
+        visit: impl FnMut(&Record) -> Result<()>,
+    ) -> Result<()> {
+        let payload = WithPayloadInterface::Fields(fields.iter().map(|f| path(f)).collect());
+        self.scan_points(filter, payload, false, visit)
+    }
+
+    /// Calls `visit` for every point matching `filter`, page by page, with
+    /// the payload `payload` selects and, if `with_vector`, the vectors.
+    fn scan_points(
+        &self,
+        filter: Option<Filter>,
+        payload: WithPayloadInterface,
+        with_vector: bool,
         mut visit: impl FnMut(&Record) -> Result<()>,
     ) -> Result<()> {
         let mut offset: Option<PointId> = None;
         loop {
-            let mut request = ScrollRequestBuilder::new().limit(SCAN_PAGE).with_payload(
-                WithPayloadInterface::Fields(fields.iter().map(|f| path(f)).collect()),
-            );
+            let mut request = ScrollRequestBuilder::new()
+                .limit(SCAN_PAGE)
+                .with_payload(payload.clone())
+                .with_vector(WithVector::Bool(with_vector));
             if let Some(f) = &filter {
                 request = request.filter(f.clone());
             }
@@ -674,24 +688,15 @@ impl Collection for EdgeCollection {
     fn document_chunks(&self, doc_id: &str) -> Result<Vec<ChunkRecord>> {
         let _guard = self.read_lock()?;
         let mut chunks = Vec::new();
-        let mut offset: Option<PointId> = None;
-        loop {
-            let mut request = ScrollRequestBuilder::new()
-                .limit(SCAN_PAGE)
-                .filter(Self::doc_filter(doc_id))
-                .with_payload(WithPayloadInterface::Bool(true));
-            if let Some(o) = offset {
-                request = request.offset(o);
-            }
-            let (records, next) = self.shard.scroll(request.build()).map_err(vector_err)?;
-            for record in &records {
+        self.scan_points(
+            Some(Self::doc_filter(doc_id)),
+            WithPayloadInterface::Bool(true),
+            false,
+            |record| {
                 chunks.push(self.to_chunk(record)?);
-            }
-            match next {
-                Some(n) => offset = Some(n),
-                None => break,
-            }
-        }
+                Ok(())
+            },
+        )?;
         chunks.sort_by_key(|c| c.index);
         Ok(chunks)
     }
@@ -728,36 +733,18 @@ impl Collection for EdgeCollection {
         visit: &mut dyn FnMut(ChunkRecord, Vec<f32>) -> Result<()>,
     ) -> Result<()> {
         let _guard = self.read_lock()?;
-        let mut offset: Option<PointId> = None;
-        loop {
-            let mut request = ScrollRequestBuilder::new()
-                .limit(SCAN_PAGE)
-                .with_payload(WithPayloadInterface::Bool(true))
-                .with_vector(WithVector::Bool(true));
-            if let Some(o) = offset {
-                request = request.offset(o);
+        self.scan_points(None, WithPayloadInterface::Bool(true), true, |record| {
+            let vector = match &record.vector {
+                Some(VectorStructInternal::Named(named)) => match named.get(DENSE) {
+                    Some(VectorInternal::Dense(v)) => Some(v.clone()),
+                    _ => None,
+                },
+                Some(VectorStructInternal::Single(v)) => Some(v.clone()),
+                _ => None,
             }
-            let (records, next) = self.shard.scroll(request.build()).map_err(vector_err)?;
-            for record in &records {
-                let vector = match &record.vector {
-                    Some(VectorStructInternal::Named(named)) => match named.get(DENSE) {
-                        Some(VectorInternal::Dense(v)) => v.clone(),
-                        _ => {
-                            return Err(StoreError::Corrupt(
-                                "point without its dense vector".into(),
-                            ))
-                        }
-                    },
-                    Some(VectorStructInternal::Single(v)) => v.clone(),
-                    _ => return Err(StoreError::Corrupt("point without its dense vector".into())),
-                };
-                visit(self.to_chunk(record)?, vector)?;
-            }
-            match next {
-                Some(n) => offset = Some(n),
-                None => return Ok(()),
-            }
-        }
+            .ok_or_else(|| StoreError::Corrupt("point without its dense vector".into()))?;
+            visit(self.to_chunk(record)?, vector)
+        })
     }
 
     fn dense_search(&self, vector: &[f32], k: usize) -> Result<Vec<ScoredChunk>> {

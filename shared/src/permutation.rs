@@ -99,6 +99,12 @@ impl Permutation {
         &self.forward
     }
 
+    /// The inverse table: entry `c` is `π⁻¹[c]` (what ciphertext id `c`
+    /// decrypts to; the attack harness scores with it).
+    pub fn inverse_table(&self) -> &[u32] {
+        &self.inverse
+    }
+
     fn oov(&self, id: u32) -> EeError {
         EeError::OutOfVocabulary {
             id,

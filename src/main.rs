@@ -10,6 +10,7 @@ mod demo;
 mod eval_cmd;
 mod gateway;
 mod serve;
+mod store_args;
 mod workload;
 
 use std::path::PathBuf;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use eerag_query::auth::Auth;
+use eerag_query::config::ServerFile;
 use eerag_query::engine::EngineLimits;
 use eerag_query::server::{self, ServeConfig};
 use eerag_query::service::ServiceLimits;
@@ -17,14 +18,14 @@ pub struct ServeArgs {
     /// Host artifacts written by `eerag transform`.
     #[arg(long)]
     artifacts: PathBuf,
-    /// Data directory of the embedded store (created if missing).
-    #[arg(long)]
-    data: PathBuf,
+    #[command(flatten)]
+    store: crate::store_args::StoreArgs,
     /// Address to listen on. Without API keys only loopback is allowed.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// TOML file with `[[api_keys]]` entries (sha256, tenant, role). Without
-    /// it the server is one local tenant on loopback.
+    /// TOML file with `[[api_keys]]` entries (sha256, tenant, role) and an
+    /// optional `[store]` table. Without keys the server is one local tenant
+    /// on loopback.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Largest request body, in MiB.
@@ -63,13 +64,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.key.is_some() || args.tokenizer.is_some() {
         anyhow::bail!(REFUSE_SECRETS);
     }
+    let file = match &args.config {
+        Some(path) => ServerFile::read(path)?,
+        None => ServerFile::default(),
+    };
     let auth = match &args.config {
-        Some(path) => Auth::from_file(path)?,
+        Some(path) => file.auth(path)?,
         None => Auth::Local,
     };
+    let store = args.store.spec(&file.store)?;
     let config = ServeConfig {
         artifacts: args.artifacts,
-        data: args.data,
+        store,
         listen: args.listen,
         auth,
         verify_artifacts: !args.no_verify,

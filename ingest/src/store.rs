@@ -35,6 +35,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the page cursor is not one this server returned")]
     InvalidCursor,
+    /// The store's server did not answer (after retries): worth retrying.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store is configured wrongly (a bad URL, say).
+    #[error("store configuration: {0}")]
+    Config(String),
 }
 
 impl StoreError {

@@ -75,18 +75,10 @@ pub enum Auth {
 }
 
 impl Auth {
-    /// Reads `[[api_keys]]` from a TOML file.
+    /// Reads `[[api_keys]]` from the server configuration file (see
+    /// [`crate::config::ServerFile`]).
     pub fn from_file(path: &Path) -> Result<Self, AuthError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let invalid = |message: String| AuthError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        };
-        let config: AuthConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        Self::from_config(&config).map_err(invalid)
+        crate::config::ServerFile::read(path)?.auth(path)
     }
 
     /// Builds the key table; an empty list means [`Auth::Local`].

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::Device;
-use eerag_ingest::edge_store::{EdgeStore, Recovery};
+use eerag_ingest::edge_store::Recovery;
+use eerag_ingest::StoreSpec;
 use eerag_shared::transform::HostArtifacts;
 use eerag_shared::KeyId;
 use tokio::net::TcpListener;
@@ -48,7 +49,7 @@ pub struct ServeConfig {
     /// Host artifacts from `eerag transform`.
     pub artifacts: PathBuf,
     /// Where collections are stored.
-    pub data: PathBuf,
+    pub store: StoreSpec,
     pub listen: SocketAddr,
     pub auth: Auth,
     /// Check every artifact file against its manifest hash at start-up.
@@ -68,7 +69,7 @@ impl ServeConfig {
     pub fn local(artifacts: PathBuf, data: PathBuf) -> Self {
         Self {
             artifacts,
-            data,
+            store: StoreSpec::Embedded(data),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             auth: Auth::Local,
             verify_artifacts: true,
@@ -140,25 +141,20 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         .expect("model loading does not panic")?
     };
     let (store, recovery) = {
-        let data = config.data.clone();
-        tokio::task::spawn_blocking(move || EdgeStore::open(&data))
+        let spec = config.store.clone();
+        tokio::task::spawn_blocking(move || spec.open())
             .await
             .expect("store opening does not panic")?
     };
     tracing::info!(
         key_id = %key_id,
+        store = %config.store.describe(),
         keyword_reindexed = recovery.keyword_reindexed,
         keyword_removed = recovery.keyword_removed,
         leftovers_removed = recovery.leftovers_removed,
         "store opened"
     );
-    let service = Service::new(
-        Arc::new(store),
-        engine,
-        key_id,
-        metrics.clone(),
-        config.limits,
-    );
+    let service = Service::new(store, engine, key_id, metrics.clone(), config.limits);
     let state = Arc::new(AppState {
         service,
         metrics,

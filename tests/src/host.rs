@@ -1,11 +1,12 @@
 //! In-process hosts for API tests: a real `eerag serve` stack (artifacts,
-//! embedded store, models, axum on a loopback port) on its own runtime, so
+//! embedded store or a Qdrant server, models, axum on a loopback port) on its own runtime, so
 //! the tests can talk to it with the blocking HTTP client like any client.
 
 use std::path::Path;
 use std::time::Duration;
 
 use eerag_ingest::client::TextDocument;
+use eerag_ingest::StoreSpec;
 use eerag_query::auth::Auth;
 use eerag_query::engine::EngineLimits;
 use eerag_query::server::{BackgroundServer, ServeConfig};
@@ -23,6 +24,8 @@ pub struct HostOptions {
     pub auth: Auth,
     pub max_body_bytes: usize,
     pub engine: EngineLimits,
+    /// The store; `None` is the embedded one in the host's data directory.
+    pub store: Option<StoreSpec>,
 }
 
 impl Default for HostOptions {
@@ -31,6 +34,7 @@ impl Default for HostOptions {
             auth: Auth::Local,
             max_body_bytes: 64 << 20,
             engine: EngineLimits::default(),
+            store: None,
         }
     }
 }
@@ -39,7 +43,7 @@ impl Host {
     /// Starts a host serving `artifacts` on a fresh data directory.
     pub fn start(artifacts: &Path, options: HostOptions) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
-        let config = ServeConfig {
+        let mut config = ServeConfig {
             auth: options.auth,
             verify_artifacts: false,
             max_body_bytes: options.max_body_bytes,
@@ -47,6 +51,9 @@ impl Host {
             optimize_every: Duration::from_secs(3600),
             ..ServeConfig::local(artifacts.to_path_buf(), data.path().to_path_buf())
         };
+        if let Some(store) = options.store {
+            config.store = store;
+        }
         let server = BackgroundServer::start(config).expect("host starts");
         Self {
             url: server.url(),

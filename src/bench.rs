@@ -62,6 +62,11 @@ pub struct BenchArgs {
     /// With --scale: also draw latency vs corpus size into this SVG file.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
+    /// With --scale: compare stores instead of keys: the embedded store vs
+    /// this one (`qdrant://host:6334`), both under one throwaway key. The
+    /// bench's collection on the server is deleted after each size.
+    #[arg(long, requires = "scale", conflicts_with = "plot")]
+    compare_store: Option<String>,
     /// Compare with peers on the same weights instead: sentence-transformers
     /// (PyTorch, CPU) and llama.cpp (llama-cpp-python), installed from PyPI
     /// into --peer-venv on first use.
@@ -218,6 +223,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             &eerag_benches::scale::ScaleOptions {
                 sizes: args.sizes.clone(),
                 searches: args.scale_searches,
+                compare_store: args
+                    .compare_store
+                    .as_deref()
+                    .map(|url| eerag_ingest::StoreSpec::parse(url, None))
+                    .transpose()?,
                 ..Default::default()
             },
             args.plot.as_deref(),

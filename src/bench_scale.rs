@@ -25,6 +25,7 @@ pub fn run(
         .map(|n| n.get())
         .unwrap_or(1);
     let ms = |xs: &[f64], p| percentile(xs, p) * 1e3;
+    let [a, b] = options.labels();
     if json_out {
         let sizes: Vec<_> = results
             .iter()
@@ -32,19 +33,20 @@ pub fn run(
                 let mut size = json!({
                     "chunks": r.chunks,
                     "write_chunks_per_s": {
-                        "plaintext": r.chunks as f64 / r.write_secs[0],
-                        "encrypted": r.chunks as f64 / r.write_secs[1],
+                        a: r.chunks as f64 / r.write_secs[0],
+                        b: r.chunks as f64 / r.write_secs[1],
                     },
                     "rankings_compared_all_equal": r.rankings_compared,
                 });
                 for (m, mode) in MODES.iter().enumerate() {
                     let l = &r.search[m];
                     size[format!("search_{}", format!("{mode:?}").to_lowercase())] = json!({
-                        "plaintext_p50_ms": ms(&l.plaintext, 0.5),
-                        "plaintext_p99_ms": ms(&l.plaintext, 0.99),
-                        "encrypted_p50_ms": ms(&l.encrypted, 0.5),
-                        "encrypted_p99_ms": ms(&l.encrypted, 0.99),
+                        format!("{a}_p50_ms"): ms(&l.plaintext, 0.5),
+                        format!("{a}_p99_ms"): ms(&l.plaintext, 0.99),
+                        format!("{b}_p50_ms"): ms(&l.encrypted, 0.5),
+                        format!("{b}_p99_ms"): ms(&l.encrypted, 0.99),
                         "samples": l.encrypted.len(),
+                        "overlap_at_k": r.overlap[m],
                     });
                 }
                 size
@@ -64,22 +66,22 @@ pub fn run(
             options.searches,
             started.elapsed().as_secs_f64()
         );
-        println!("| chunks | work | plaintext | encrypted | ratio (plaintext ÷ encrypted time) |");
-        println!("| --- | --- | --- | --- | --- |");
+        println!("| chunks | work | {a} | {b} | ratio ({a} ÷ {b} time) | overlap@{} |", scale::K);
+        println!("| --- | --- | --- | --- | --- | --- |");
         for r in &results {
             let (p, e) = (
                 r.chunks as f64 / r.write_secs[0],
                 r.chunks as f64 / r.write_secs[1],
             );
             println!(
-                "| {} | store write (vectors precomputed) | {p:.0} chunks/s | {e:.0} chunks/s | {:.2} |",
+                "| {} | store write (vectors precomputed) | {p:.0} chunks/s | {e:.0} chunks/s | {:.2} | |",
                 r.chunks,
                 e / p
             );
             for (m, mode) in MODES.iter().enumerate() {
                 let l = &r.search[m];
                 println!(
-                    "| {} | search {} | p50 {:.1} ms, p99 {:.1} ms | p50 {:.1} ms, p99 {:.1} ms | {:.2} (p50), {:.2} (p99) |",
+                    "| {} | search {} | p50 {:.1} ms, p99 {:.1} ms | p50 {:.1} ms, p99 {:.1} ms | {:.2} (p50), {:.2} (p99) | {:.3} |",
                     r.chunks,
                     format!("{mode:?}").to_lowercase(),
                     ms(&l.plaintext, 0.5),
@@ -88,11 +90,16 @@ pub fn run(
                     ms(&l.encrypted, 0.99),
                     ms(&l.plaintext, 0.5) / ms(&l.encrypted, 0.5),
                     ms(&l.plaintext, 0.99) / ms(&l.encrypted, 0.99),
+                    r.overlap[m],
                 );
             }
         }
         let compared: usize = results.iter().map(|r| r.rankings_compared).sum();
-        println!("rankings equal (up to near-ties) for all {compared} searches");
+        if options.compare_store.is_some() {
+            println!("dense rankings equal (up to near-ties) for all {compared} dense searches");
+        } else {
+            println!("rankings equal (up to near-ties) for all {compared} searches");
+        }
     }
     if let Some(path) = plot {
         let subtitle = format!(

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use eerag_ingest::ranking::compare_rankings_with_floor;
 use eerag_ingest::store::{NewChunk, NewDocument, Store, StoreError};
+use eerag_ingest::StoreSpec;
 use eerag_shared::client::{ClientCipher, ModelShape};
 use eerag_shared::models::fetch::ModelsDir;
 use eerag_shared::tokenize::{EncoderTokenizer, GeneratorTokenizer};
@@ -65,6 +66,20 @@ pub struct ScaleOptions {
     pub chunk_tokens: usize,
     /// Seed of the synthetic corpus.
     pub seed: u64,
+    /// Compare stores instead of keys: both sides use one throwaway key,
+    /// side 0 the embedded store, side 1 this one (a Qdrant server, say).
+    pub compare_store: Option<StoreSpec>,
+}
+
+impl ScaleOptions {
+    /// What the two sides are called in reports.
+    pub fn labels(&self) -> [&'static str; 2] {
+        if self.compare_store.is_some() {
+            ["embedded", "server"]
+        } else {
+            ["plaintext", "encrypted"]
+        }
+    }
 }
 
 impl Default for ScaleOptions {
@@ -74,6 +89,7 @@ impl Default for ScaleOptions {
             searches: 200,
             chunk_tokens: 192,
             seed: 7,
+            compare_store: None,
         }
     }
 }
@@ -91,7 +107,9 @@ pub const K: usize = 10;
 /// The modes measured, in report order.
 pub const MODES: [SearchMode; 3] = [SearchMode::Dense, SearchMode::Keyword, SearchMode::Hybrid];
 
-/// Latency samples (seconds) of one mode at one size, per side.
+/// Latency samples (seconds) of one mode at one size, per side (with
+/// [`ScaleOptions::compare_store`], `plaintext` is the embedded store's side
+/// and `encrypted` the other store's).
 #[derive(Clone, Debug, Default)]
 pub struct Latencies {
     pub plaintext: Vec<f64>,
@@ -108,8 +126,11 @@ pub struct SizeResult {
     /// Search latencies per mode, in [`MODES`] order.
     pub search: Vec<Latencies>,
     /// Searches whose rankings were compared (every one), all equal up to
-    /// near-ties or the run fails.
+    /// near-ties or the run fails (comparing stores: dense ones only).
     pub rankings_compared: usize,
+    /// Per mode, the share of the two sides' top-k hits they have in common
+    /// (overlap@k; 1.0 when rankings are equal).
+    pub overlap: Vec<f64>,
 }
 
 /// The `p` quantile (nearest rank) of `xs`.
@@ -282,7 +303,14 @@ pub fn run(
         generator_vocab: generator_tokenizer.vocab_size(),
     };
     let corpus = Synthetic::new(options.seed, shape, options.chunk_tokens)?;
-    let keys = [Key::identity(), Key::generate()?];
+    let comparing = options.compare_store.is_some();
+    let labels = options.labels();
+    let keys = if comparing {
+        let secret: [u8; 32] = rand::random();
+        [Key::from_secret(secret), Key::from_secret(secret)]
+    } else {
+        [Key::identity(), Key::generate()?]
+    };
     let collection = "scale";
     let mut results = Vec::new();
     for &size in &options.sizes {
@@ -294,7 +322,17 @@ pub fn run(
         let first = results.len() % 2;
         for s in [first, 1 - first] {
             let key = &keys[s];
-            let side = HostSide::start_seeded(key, models, |store| {
+            let store = if s == 1 {
+                options.compare_store.clone()
+            } else {
+                None
+            };
+            let side = HostSide::start_seeded_on(key, models, store, |store| {
+                // A collection left by an interrupted run of this bench.
+                let _ = store.delete_collection(&format!(
+                    "{}.{collection}",
+                    eerag_query::auth::LOCAL_TENANT
+                ));
                 write_secs[s] = seed_store(
                     store,
                     &format!("{}.{collection}", eerag_query::auth::LOCAL_TENANT),
@@ -306,8 +344,7 @@ pub fn run(
             })?;
             progress(&format!(
                 "{chunks} chunks written to the {} store in {:.1} s",
-                ["plaintext", "encrypted"][s],
-                write_secs[s]
+                labels[s], write_secs[s]
             ));
             sides[s] = Some(side);
         }
@@ -329,13 +366,12 @@ pub fn run(
                     side.client.host().search(collection, &request)?;
                 }
             }
-            progress(&format!(
-                "warmed up the {} host",
-                ["plaintext", "encrypted"][s]
-            ));
+            progress(&format!("warmed up the {} host", labels[s]));
         }
         let mut search = vec![Latencies::default(); MODES.len()];
         let mut compared = 0;
+        let mut shared = vec![0usize; MODES.len()];
+        let mut returned = vec![0usize; MODES.len()];
         for (m, &mode) in MODES.iter().enumerate() {
             for i in 0..options.searches {
                 let query = &queries[i % queries.len()];
@@ -360,21 +396,32 @@ pub fn run(
                         })
                         .collect();
                 }
-                let floor = if mode == SearchMode::Dense { 1.0 } else { 0.0 };
-                compare_rankings_with_floor(&ranked[0], &ranked[1], 1e-5, floor).map_err(
-                    |why| ScaleError::Rankings {
-                        mode,
-                        chunks,
-                        query: query.clone(),
-                        why,
-                    },
-                )?;
-                compared += 1;
+                shared[m] += ranked[0]
+                    .iter()
+                    .filter(|a| ranked[1].iter().any(|b| b.0 == a.0))
+                    .count();
+                returned[m] += ranked[0].len().max(ranked[1].len());
+                // Stores score BM25 alike but not identically (see the
+                // Qdrant backend), so across stores only dense must agree.
+                if !comparing || mode == SearchMode::Dense {
+                    let floor = if mode == SearchMode::Dense { 1.0 } else { 0.0 };
+                    compare_rankings_with_floor(&ranked[0], &ranked[1], 1e-5, floor).map_err(
+                        |why| ScaleError::Rankings {
+                            mode,
+                            chunks,
+                            query: query.clone(),
+                            why,
+                        },
+                    )?;
+                    compared += 1;
+                }
             }
             progress(&format!(
-                "{chunks} chunks, {mode:?}: p50 {:.1} ms plaintext, {:.1} ms encrypted",
+                "{chunks} chunks, {mode:?}: p50 {:.1} ms {}, {:.1} ms {}",
                 percentile(&search[m].plaintext, 0.5) * 1e3,
+                labels[0],
                 percentile(&search[m].encrypted, 0.5) * 1e3,
+                labels[1],
             ));
         }
         for side in sides {
@@ -382,11 +429,21 @@ pub fn run(
                 .stop()
                 .map_err(|e| ScaleError::Invalid(format!("stopping a host: {e}")))?;
         }
+        if let Some(spec) = &options.compare_store {
+            // A server outlives the run: leave nothing on it.
+            let (store, _) = spec.open()?;
+            store.delete_collection(&format!("{}.{collection}", eerag_query::auth::LOCAL_TENANT))?;
+        }
         results.push(SizeResult {
             chunks,
             write_secs,
             search,
             rankings_compared: compared,
+            overlap: shared
+                .iter()
+                .zip(&returned)
+                .map(|(&s, &r)| if r == 0 { 1.0 } else { s as f64 / r as f64 })
+                .collect(),
         });
     }
     Ok(results)

@@ -1,12 +1,12 @@
 //! One side of a side-by-side run: host artifacts for a key, an in-process
-//! host on a fresh embedded store, and the encrypting client in front of it.
+//! host on a fresh embedded store (or a given one), and the encrypting client in front of it.
 //! With [`Key::identity`] it is the plaintext pipeline: the same code with
 //! identity permutations and rotation.
 
 use eerag_ingest::client::{ClientError, EncryptedClient};
 use eerag_ingest::remote::HostClient;
 use eerag_ingest::store::{Store, StoreError};
-use eerag_ingest::EdgeStore;
+use eerag_ingest::StoreSpec;
 use eerag_query::server::{BackgroundServer, ServeConfig, ServeError};
 use eerag_shared::models::fetch::ModelsDir;
 use eerag_shared::{EeError, Key};
@@ -53,11 +53,26 @@ impl HostSide {
     where
         E: std::error::Error + Send + Sync + 'static,
     {
+        Self::start_seeded_on(key, models, None, seed)
+    }
+
+    /// [`HostSide::start_seeded`] on `store` (`None`: a fresh embedded
+    /// store in the side's folder).
+    pub fn start_seeded_on<E>(
+        key: &Key,
+        models: &ModelsDir,
+        store: Option<StoreSpec>,
+        seed: impl FnOnce(&dyn Store) -> Result<(), E>,
+    ) -> Result<Self, SideError>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
+        let spec = store.unwrap_or_else(|| StoreSpec::Embedded(data.clone()));
         {
-            let (store, _) = EdgeStore::open(&data)?;
-            seed(&store).map_err(|e| SideError::Seed(Box::new(e)))?;
+            let (store, _) = spec.open()?;
+            seed(store.as_ref()).map_err(|e| SideError::Seed(Box::new(e)))?;
         }
         let artifacts = dir.path().join("artifacts");
         eerag_shared::transform::transform(
@@ -67,7 +82,10 @@ impl HostSide {
             &artifacts,
             false,
         )?;
-        let server = BackgroundServer::start(ServeConfig::local(artifacts, data))?;
+        let server = BackgroundServer::start(ServeConfig {
+            store: spec,
+            ..ServeConfig::local(artifacts, data)
+        })?;
         let host = HostClient::new(&server.url(), None).map_err(ClientError::from)?;
         let client = EncryptedClient::connect(host, key, models)?;
         Ok(Self {

@@ -143,7 +143,7 @@ pub fn ingest(
             AttackError::Invalid("the victim's collection is not in the store".into())
         })?;
     let mut stored = Vec::new();
-    collection.scan_chunks(&mut |chunk, vector| {
+    collection.scan_chunks(None, &mut |chunk, vector| {
         stored.push((chunk.seq, chunk.chunk_id, chunk, vector));
         Ok(())
     })?;

@@ -216,6 +216,7 @@ impl Synthetic {
             generator_ids: eerag_shared::EncGeneratorIds::new(Key::identity().id(), generator),
             metadata,
             vector,
+            seq: None,
         }
     }
 }

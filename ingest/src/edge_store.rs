@@ -34,7 +34,7 @@ use serde_json::{json, Map, Value};
 
 use crate::keyword::{KeywordChunk, KeywordIndex};
 use crate::store::{
-    sort_hits, validate_collection_name, ChunkId, ChunkRecord, Collection, CollectionMeta,
+    assign_seqs, sort_hits, validate_collection_name, ChunkId, ChunkRecord, Collection, CollectionMeta,
     DocumentInfo, NewDocument, Result, ScoredChunk, Store, StoreError,
 };
 
@@ -436,9 +436,21 @@ impl EdgeCollection {
         filter: Option<Filter>,
         payload: WithPayloadInterface,
         with_vector: bool,
+        visit: impl FnMut(&Record) -> Result<()>,
+    ) -> Result<()> {
+        self.scan_points_from(None, filter, payload, with_vector, visit)
+    }
+
+    /// [`Self::scan_points`] from point `start` on (in id order).
+    fn scan_points_from(
+        &self,
+        start: Option<PointId>,
+        filter: Option<Filter>,
+        payload: WithPayloadInterface,
+        with_vector: bool,
         mut visit: impl FnMut(&Record) -> Result<()>,
     ) -> Result<()> {
-        let mut offset: Option<PointId> = None;
+        let mut offset: Option<PointId> = start;
         loop {
             let mut request = ScrollRequestBuilder::new()
                 .limit(SCAN_PAGE)
@@ -572,10 +584,8 @@ impl Collection for EdgeCollection {
         // sequence order agree even with concurrent writers.
         let _guard = self.write_lock()?;
         let mut operations = Vec::with_capacity(docs.len());
-        let total: usize = docs.iter().map(|d| d.chunks.len()).sum();
-        let first_seq = self.reserve_seqs(total);
-        let mut seq = first_seq;
-        for doc in docs {
+        let seqs = assign_seqs(docs, &self.last_seq, |n| self.reserve_seqs(n));
+        for (doc, doc_seqs) in docs.iter().zip(&seqs) {
             let count = doc.chunks.len();
             let (first, end) = ChunkId::document_range(&doc.doc_id);
             let mut points = Vec::with_capacity(count);
@@ -595,9 +605,8 @@ impl Collection for EdgeCollection {
                     field::ENCODER_IDS: chunk.encoder_ids.ids(),
                     field::GENERATOR_IDS: chunk.generator_ids.ids(),
                     field::METADATA: base64_encode(&chunk.metadata),
-                    field::SEQ: seq,
+                    field::SEQ: doc_seqs[index],
                 });
-                seq += 1;
                 let Value::Object(map) = payload else {
                     unreachable!("json! object literal")
                 };
@@ -629,9 +638,8 @@ impl Collection for EdgeCollection {
             })
             .collect();
         let mut keyword_chunks = Vec::new();
-        let mut seq = first_seq;
-        for (doc, ids) in docs.iter().zip(&chunk_ids) {
-            for (chunk, id) in doc.chunks.iter().zip(ids) {
+        for ((doc, ids), doc_seqs) in docs.iter().zip(&chunk_ids).zip(&seqs) {
+            for ((chunk, id), &seq) in doc.chunks.iter().zip(ids).zip(doc_seqs) {
                 keyword_chunks.push(KeywordChunk {
                     chunk_id: id,
                     doc_id: &doc.doc_id,
@@ -639,7 +647,6 @@ impl Collection for EdgeCollection {
                     ids: &chunk.encoder_ids,
                     seq,
                 });
-                seq += 1;
             }
         }
         let doc_ids: Vec<&str> = docs.iter().map(|d| d.doc_id.as_str()).collect();
@@ -730,10 +737,18 @@ impl Collection for EdgeCollection {
 
     fn scan_chunks(
         &self,
+        after: Option<ChunkId>,
         visit: &mut dyn FnMut(ChunkRecord, Vec<f32>) -> Result<()>,
     ) -> Result<()> {
         let _guard = self.read_lock()?;
-        self.scan_points(None, WithPayloadInterface::Bool(true), true, |record| {
+        let start = match after {
+            Some(id) => match id.successor() {
+                Some(next) => Some(PointId::Uuid(next.uuid())),
+                None => return Ok(()),
+            },
+            None => None,
+        };
+        self.scan_points_from(start, None, WithPayloadInterface::Bool(true), true, |record| {
             let vector = match &record.vector {
                 Some(VectorStructInternal::Named(named)) => match named.get(DENSE) {
                     Some(VectorInternal::Dense(v)) => Some(v.clone()),
@@ -896,6 +911,7 @@ mod tests {
                     ),
                     metadata: vec![ids[0] as u8, 0xff],
                     vector: v.to_vec(),
+                    seq: None,
                 })
                 .collect(),
         }

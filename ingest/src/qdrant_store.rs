@@ -45,7 +45,7 @@ use qdrant_client::{Payload, Qdrant, QdrantError};
 use tantivy::fieldnorm::FieldNormReader;
 
 use crate::store::{
-    sort_hits, validate_collection_name, ChunkId, ChunkRecord, Collection, CollectionMeta,
+    assign_seqs, sort_hits, validate_collection_name, ChunkId, ChunkRecord, Collection, CollectionMeta,
     DocumentInfo, NewDocument, Result, ScoredChunk, Store, StoreError,
 };
 
@@ -608,9 +608,21 @@ impl QdrantCollection {
         filter: Option<Filter>,
         payload: Option<Vec<String>>,
         with_vector: bool,
+        visit: impl FnMut(RetrievedPoint) -> Result<()>,
+    ) -> Result<()> {
+        self.scroll_from(None, filter, payload, with_vector, visit)
+    }
+
+    /// [`Self::scroll_all`] from point `start` on (in id order).
+    fn scroll_from(
+        &self,
+        start: Option<PointId>,
+        filter: Option<Filter>,
+        payload: Option<Vec<String>>,
+        with_vector: bool,
         mut visit: impl FnMut(RetrievedPoint) -> Result<()>,
     ) -> Result<()> {
-        let mut offset: Option<PointId> = None;
+        let mut offset: Option<PointId> = start;
         loop {
             let mut request = ScrollPointsBuilder::new(self.physical.clone()).limit(SCAN_PAGE);
             request = match &payload {
@@ -817,13 +829,12 @@ impl Collection for QdrantCollection {
                 end += 1;
             }
             let batch = &docs[start..end];
-            let mut seq = self.reserve_seqs(chunks);
+            let seqs = assign_seqs(batch, &self.last_seq, |n| self.reserve_seqs(n));
             let mut operations = Vec::with_capacity(batch.len() * 2);
-            for doc in batch {
+            for (doc, doc_seqs) in batch.iter().zip(&seqs) {
                 let mut points = Vec::with_capacity(doc.chunks.len());
-                for index in 0..doc.chunks.len() {
+                for (index, &seq) in doc_seqs.iter().enumerate() {
                     points.push(self.point(doc, index, seq, avgdl)?);
-                    seq += 1;
                 }
                 if !points.is_empty() {
                     operations.push(PointsUpdateOperation {
@@ -942,9 +953,17 @@ impl Collection for QdrantCollection {
 
     fn scan_chunks(
         &self,
+        after: Option<ChunkId>,
         visit: &mut dyn FnMut(ChunkRecord, Vec<f32>) -> Result<()>,
     ) -> Result<()> {
-        self.scroll_all(None, None, true, |point| {
+        let start = match after {
+            Some(id) => match id.successor() {
+                Some(next) => Some(PointId::from(next.uuid().to_string())),
+                None => return Ok(()),
+            },
+            None => None,
+        };
+        self.scroll_from(start, None, None, true, |point| {
             let vector = dense_of(&point)
                 .ok_or_else(|| StoreError::Corrupt("point without its dense vector".into()))?;
             visit(self.to_chunk(point.id.as_ref(), &point.payload)?, vector)

@@ -92,6 +92,14 @@ impl ChunkId {
         self.0
     }
 
+    /// The next id in id order (for scanning on after this one).
+    pub fn successor(&self) -> Option<ChunkId> {
+        self.0
+            .as_u128()
+            .checked_add(1)
+            .map(|n| ChunkId(uuid::Uuid::from_u128(n)))
+    }
+
     /// Wraps a UUID read back from a store.
     pub fn from_uuid(id: uuid::Uuid) -> Self {
         ChunkId(id)
@@ -131,6 +139,11 @@ pub struct NewChunk {
     pub generator_ids: EncGeneratorIds,
     pub metadata: Vec<u8>,
     pub vector: Vec<f32>,
+    /// The write sequence number to keep: jobs that copy or rewrite a
+    /// collection (migration, re-embedding) keep the original write order,
+    /// and with it the key-independent tie order. `None` (every API write):
+    /// the store hands out the next number.
+    pub seq: Option<u64>,
 }
 
 /// A whole document: stored atomically, replacing any earlier version.
@@ -190,6 +203,41 @@ pub fn sort_hits(hits: &mut [ScoredChunk]) {
     });
 }
 
+/// Each chunk's write sequence number for a store whose last number handed
+/// out is `last`: the one a chunk brings (copies keep their original), the
+/// others from `reserve(n)` (n consecutive numbers, first returned). Numbers
+/// brought raise `last`, so later writes still come after them.
+pub(crate) fn assign_seqs(
+    docs: &[NewDocument],
+    last: &std::sync::atomic::AtomicU64,
+    reserve: impl FnOnce(usize) -> u64,
+) -> Vec<Vec<u64>> {
+    let fresh = docs
+        .iter()
+        .flat_map(|d| &d.chunks)
+        .filter(|c| c.seq.is_none())
+        .count();
+    let mut next = if fresh > 0 { reserve(fresh) } else { 0 };
+    let seqs: Vec<Vec<u64>> = docs
+        .iter()
+        .map(|d| {
+            d.chunks
+                .iter()
+                .map(|c| {
+                    c.seq.unwrap_or_else(|| {
+                        next += 1;
+                        next - 1
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    if let Some(max) = docs.iter().flat_map(|d| &d.chunks).filter_map(|c| c.seq).max() {
+        last.fetch_max(max, std::sync::atomic::Ordering::SeqCst);
+    }
+    seqs
+}
+
 /// A set of collections.
 pub trait Store: Send + Sync {
     /// Creates an empty collection bound to `key_id`.
@@ -234,8 +282,14 @@ pub trait Collection: Send + Sync {
     /// Calls `visit` for every chunk with its stored vector, in storage
     /// order: everything the store holds for the collection, as its operator
     /// can read it (for the attack harness and whole-collection jobs).
-    fn scan_chunks(&self, visit: &mut dyn FnMut(ChunkRecord, Vec<f32>) -> Result<()>)
-        -> Result<()>;
+    /// Starts after chunk `after` when given (jobs resuming from a
+    /// checkpoint). Storage order is chunk id order, so a document's chunks
+    /// come together and in index order.
+    fn scan_chunks(
+        &self,
+        after: Option<ChunkId>,
+        visit: &mut dyn FnMut(ChunkRecord, Vec<f32>) -> Result<()>,
+    ) -> Result<()>;
     /// The `k` best chunks by BM25 over encrypted encoder ids, best first.
     fn keyword_search(&self, query: &EncEncoderIds, k: usize) -> Result<Vec<ScoredChunk>>;
     /// Reads chunks by id, in the order asked; ids not found are left out.

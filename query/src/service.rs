@@ -478,6 +478,7 @@ impl Service {
                     generator_ids: EncGeneratorIds::new(key, c.generator_ids),
                     metadata: c.metadata,
                     vector: vectors.next().expect("one vector per embedded chunk"),
+                    seq: None,
                 })
                 .collect();
             docs.push(NewDocument {

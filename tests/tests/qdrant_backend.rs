@@ -80,6 +80,7 @@ fn doc(key: &Key, doc_id: &str, hash: &str, chunks: &[(&[u32], [f32; DIM])]) -> 
                 ),
                 metadata: vec![ids[0] as u8, 0xff],
                 vector: v.to_vec(),
+                seq: None,
             })
             .collect(),
     }
@@ -190,7 +191,7 @@ fn the_store_contract_holds_on_a_qdrant_server() {
 
     // Everything the operator can read, vectors included.
     let mut scanned = 0;
-    c.scan_chunks(&mut |record, vector| {
+    c.scan_chunks(None, &mut |record, vector| {
         assert_eq!(vector.len(), DIM);
         assert!(!record.encoder_ids.ids().is_empty());
         scanned += 1;

@@ -9,6 +9,7 @@ mod client_cmds;
 mod demo;
 mod eval_cmd;
 mod gateway;
+mod reindex_cmd;
 mod serve;
 mod store_args;
 mod workload;
@@ -91,9 +92,12 @@ enum Command {
     /// attacks on one query, brute force, weight matching by the compute
     /// host, matching stored vectors.
     Attack(attack_cmd::AttackArgs),
-    /// Run the host: the REST API over the embedded store and the transformed
-    /// models. Takes host artifacts only: it has no key and no tokenizer.
+    /// Run the host: the REST API over the store (embedded, or a Qdrant
+    /// server with --store) and the transformed models. Takes host artifacts
+    /// only: it has no key and no tokenizer.
     Serve(serve::ServeArgs),
+    /// Batch jobs over whole collections (host side): migrate between stores.
+    Reindex(reindex_cmd::ReindexArgs),
     /// Read, chunk, encrypt and upload files and folders (client side).
     Upload(client_cmds::UploadArgs),
     /// Search a collection: encrypt the query, decrypt the hits.
@@ -223,6 +227,7 @@ fn main() -> Result<()> {
         Command::Bench(args) => bench::run(&args)?,
         Command::Attack(args) => attack_cmd::run(&args)?,
         Command::Serve(args) => serve::run(args)?,
+        Command::Reindex(args) => reindex_cmd::run(&args)?,
         Command::Upload(args) => client_cmds::upload(&args)?,
         Command::Search(args) => client_cmds::search(&args)?,
         Command::Ask(args) => client_cmds::ask(&args)?,

@@ -66,7 +66,10 @@ pub fn run(
             options.searches,
             started.elapsed().as_secs_f64()
         );
-        println!("| chunks | work | {a} | {b} | ratio ({a} ÷ {b} time) | overlap@{} |", scale::K);
+        println!(
+            "| chunks | work | {a} | {b} | ratio ({a} ÷ {b} time) | overlap@{} |",
+            scale::K
+        );
         println!("| --- | --- | --- | --- | --- | --- |");
         for r in &results {
             let (p, e) = (

@@ -46,7 +46,7 @@ impl ConnectArgs {
 }
 
 /// One line on a host error.
-fn explain(e: RemoteError) -> anyhow::Error {
+pub(crate) fn explain(e: RemoteError) -> anyhow::Error {
     match e {
         RemoteError::Transport(m) => anyhow::anyhow!("cannot reach the host: {m}"),
         RemoteError::Status {
@@ -69,7 +69,7 @@ fn explain(e: RemoteError) -> anyhow::Error {
     }
 }
 
-fn explain_client(e: ClientError, server: &str) -> anyhow::Error {
+pub(crate) fn explain_client(e: ClientError, server: &str) -> anyhow::Error {
     match e {
         ClientError::Remote(RemoteError::Transport(m)) => {
             anyhow::anyhow!("cannot reach the host at {server}: {m}")

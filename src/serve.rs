@@ -15,9 +15,12 @@ use eerag_query::service::ServiceLimits;
 /// option: the host never holds either.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// Host artifacts written by `eerag transform`.
-    #[arg(long)]
-    artifacts: PathBuf,
+    /// Host artifacts written by `eerag transform`. Repeatable: during a
+    /// key rotation or a re-embedding, give the old and the new artifacts;
+    /// each collection is served by the models of its key and encoder, and
+    /// new collections by the first.
+    #[arg(long, required = true)]
+    artifacts: Vec<PathBuf>,
     #[command(flatten)]
     store: crate::store_args::StoreArgs,
     /// Address to listen on. Without API keys only loopback is allowed.
@@ -73,8 +76,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         None => Auth::Local,
     };
     let store = args.store.spec(&file.store)?;
+    let mut artifacts = args.artifacts.into_iter();
     let config = ServeConfig {
-        artifacts: args.artifacts,
+        artifacts: artifacts.next().expect("clap requires one"),
+        more_artifacts: artifacts.collect(),
         store,
         listen: args.listen,
         auth,

@@ -433,7 +433,8 @@ pub fn run(
         if let Some(spec) = &options.compare_store {
             // A server outlives the run: leave nothing on it.
             let (store, _) = spec.open()?;
-            store.delete_collection(&format!("{}.{collection}", eerag_query::auth::LOCAL_TENANT))?;
+            store
+                .delete_collection(&format!("{}.{collection}", eerag_query::auth::LOCAL_TENANT))?;
         }
         results.push(SizeResult {
             chunks,

@@ -201,7 +201,7 @@ impl EncryptedClient {
     /// checking the host serves models transformed for this key.
     pub fn connect(host: HostClient, key: &Key, models: &ModelsDir) -> Result<Self> {
         let health = host.health()?;
-        if health.key_id != key.id() {
+        if health.key_id != key.id() && !health.key_ids.contains(&key.id()) {
             return Err(ClientError::Mismatch(format!(
                 "the host serves models transformed for key {}, this key is {}",
                 health.key_id,
@@ -372,6 +372,14 @@ impl EncryptedClient {
     pub fn upload(&self, collection: &str, docs: &[TextDocument]) -> Result<UpsertResponse> {
         let request = self.encrypt_documents(docs)?;
         Ok(self.host.upsert(collection, &request)?)
+    }
+
+    /// Seals a chunk's metadata to its document id and index.
+    pub fn seal_metadata(&self, doc_id: &str, index: u32, meta: &ChunkMetadata) -> Result<Vec<u8>> {
+        Ok(self.cipher.metadata().seal(
+            &serde_json::to_vec(meta).expect("metadata serialises"),
+            &Self::seal_context(doc_id, index),
+        )?)
     }
 
     /// Opens a chunk's sealed metadata.

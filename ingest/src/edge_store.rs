@@ -7,6 +7,7 @@
 //! collections/<name>/collection.json   name, key id, dimension
 //! collections/<name>/vectors/          qdrant-edge shard (WAL + segments)
 //! collections/<name>/keyword/          tantivy index
+//! aliases.json                         alias -> collection (written by rename)
 //! .trash/                              collections being deleted
 //! ```
 //!
@@ -16,12 +17,12 @@
 //! the keyword index behind the shard; [`EdgeStore::open`] reconciles it.
 //! A per-collection lock keeps readers from seeing a document half written.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use eerag_shared::{EncEncoderIds, EncGeneratorIds, KeyId};
+use eerag_shared::{EncEncoderIds, EncGeneratorIds};
 use qdrant_edge::{
     Condition, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, FieldCondition,
     Filter, JsonPath, Match, Payload, PayloadFieldSchema, PayloadSchemaType, PointId,
@@ -34,12 +35,14 @@ use serde_json::{json, Map, Value};
 
 use crate::keyword::{KeywordChunk, KeywordIndex};
 use crate::store::{
-    assign_seqs, sort_hits, validate_collection_name, ChunkId, ChunkRecord, Collection, CollectionMeta,
-    DocumentInfo, NewDocument, Result, ScoredChunk, Store, StoreError,
+    assign_seqs, sort_hits, validate_collection_name, ChunkId, ChunkRecord, Collection,
+    CollectionMeta, CollectionSpec, DocumentInfo, NewDocument, Result, ScoredChunk, Store,
+    StoreError,
 };
 
 const COLLECTIONS_DIR: &str = "collections";
 const TRASH_DIR: &str = ".trash";
+const ALIASES_FILE: &str = "aliases.json";
 const META_FILE: &str = "collection.json";
 const VECTORS_DIR: &str = "vectors";
 const KEYWORD_DIR: &str = "keyword";
@@ -71,6 +74,8 @@ fn path(key: &str) -> JsonPath {
 pub struct EdgeStore {
     root: PathBuf,
     collections: RwLock<HashMap<String, Arc<EdgeCollection>>>,
+    /// Alias -> collection, as in `aliases.json`.
+    aliases: RwLock<BTreeMap<String, String>>,
 }
 
 /// What [`EdgeStore::open`] had to repair.
@@ -116,10 +121,20 @@ impl EdgeStore {
             recovery.keyword_removed += removed;
             collections.insert(collection.meta.name.clone(), Arc::new(collection));
         }
+        let aliases_path = root.join(ALIASES_FILE);
+        let aliases: BTreeMap<String, String> = match std::fs::read(&aliases_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("{}: {e}", aliases_path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(StoreError::io(&aliases_path, e)),
+        };
+        // A half-written replacement that never reached its rename.
+        let _ = std::fs::remove_file(aliases_path.with_extension("json.tmp"));
         Ok((
             Self {
                 root: root.to_path_buf(),
                 collections: RwLock::new(collections),
+                aliases: RwLock::new(aliases),
             },
             recovery,
         ))
@@ -135,12 +150,7 @@ impl EdgeStore {
 }
 
 impl Store for EdgeStore {
-    fn create_collection(
-        &self,
-        name: &str,
-        key_id: KeyId,
-        dim: usize,
-    ) -> Result<Arc<dyn Collection>> {
+    fn create(&self, name: &str, spec: &CollectionSpec) -> Result<Arc<dyn Collection>> {
         validate_collection_name(name)?;
         let mut map = self.write();
         if map.contains_key(name) {
@@ -148,12 +158,13 @@ impl Store for EdgeStore {
         }
         let meta = CollectionMeta {
             name: name.into(),
-            key_id,
-            dim,
+            key_id: spec.key_id,
+            dim: spec.dim,
             created_unix_secs: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            encoder: spec.encoder.clone(),
         };
         // Built under a hidden name and renamed: a crash leaves either no
         // collection or a complete empty one.
@@ -172,6 +183,13 @@ impl Store for EdgeStore {
     }
 
     fn collection(&self, name: &str) -> Result<Arc<dyn Collection>> {
+        let target = self
+            .aliases
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        let name = target.as_deref().unwrap_or(name);
         self.read()
             .get(name)
             .cloned()
@@ -195,6 +213,17 @@ impl Store for EdgeStore {
             .get(name)
             .cloned()
             .ok_or_else(|| StoreError::CollectionNotFound(name.chars().take(80).collect()))?;
+        if let Some((alias, _)) = self
+            .aliases
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(_, target)| *target == name)
+        {
+            return Err(StoreError::InUse(format!(
+                "collection {name:?} is what {alias:?} names: switch or remove the alias first"
+            )));
+        }
         // Wait for in-flight writes, then move the directory out of sight in
         // one rename before deleting it: a crash never leaves half of it.
         let writes = collection.write_lock()?;
@@ -214,6 +243,44 @@ impl Store for EdgeStore {
         // next start-up removes.
         let _ = std::fs::remove_dir_all(&doomed);
         Ok(())
+    }
+
+    fn aliases(&self) -> Result<BTreeMap<String, String>> {
+        Ok(self
+            .aliases
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone())
+    }
+
+    fn set_alias(&self, alias: &str, target: Option<&str>) -> Result<Option<String>> {
+        validate_collection_name(alias)?;
+        // Held across the check so the target cannot be deleted meanwhile.
+        let map = self.read();
+        if let Some(t) = target {
+            if !map.contains_key(t) {
+                return Err(StoreError::CollectionNotFound(t.chars().take(80).collect()));
+            }
+        }
+        let mut aliases = self.aliases.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = aliases.clone();
+        let previous = match target {
+            Some(t) => next.insert(alias.to_string(), t.to_string()),
+            None => next.remove(alias),
+        };
+        // Written aside and renamed over: a crash leaves the old or the new
+        // file, whole.
+        let path = self.root.join(ALIASES_FILE);
+        let tmp = path.with_extension("json.tmp");
+        write_synced(
+            &tmp,
+            &serde_json::to_vec_pretty(&next).expect("aliases serialise"),
+        )?;
+        std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
+        sync_dir(&self.root)?;
+        *aliases = next;
+        drop(map);
+        Ok(previous)
     }
 }
 
@@ -543,6 +610,11 @@ impl EdgeCollection {
             doc_id: str_field(record, field::DOC_ID)?,
             content_hash: str_field(record, field::CONTENT_HASH)?,
             chunks: int_field(&payload.0, field::COUNT)? as usize,
+            first_seq: payload
+                .0
+                .get(field::SEQ)
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
         })
     }
 }
@@ -572,6 +644,7 @@ impl Collection for EdgeCollection {
                         path(field::DOC_ID),
                         path(field::CONTENT_HASH),
                         path(field::COUNT),
+                        path(field::SEQ),
                     ]))
                     .build(),
             )
@@ -721,6 +794,7 @@ impl Collection for EdgeCollection {
                 path(field::DOC_ID),
                 path(field::CONTENT_HASH),
                 path(field::COUNT),
+                path(field::SEQ),
             ]));
         if let Some(cursor) = after {
             let id: ChunkId = cursor.parse().map_err(|_| StoreError::InvalidCursor)?;
@@ -748,18 +822,24 @@ impl Collection for EdgeCollection {
             },
             None => None,
         };
-        self.scan_points_from(start, None, WithPayloadInterface::Bool(true), true, |record| {
-            let vector = match &record.vector {
-                Some(VectorStructInternal::Named(named)) => match named.get(DENSE) {
-                    Some(VectorInternal::Dense(v)) => Some(v.clone()),
+        self.scan_points_from(
+            start,
+            None,
+            WithPayloadInterface::Bool(true),
+            true,
+            |record| {
+                let vector = match &record.vector {
+                    Some(VectorStructInternal::Named(named)) => match named.get(DENSE) {
+                        Some(VectorInternal::Dense(v)) => Some(v.clone()),
+                        _ => None,
+                    },
+                    Some(VectorStructInternal::Single(v)) => Some(v.clone()),
                     _ => None,
-                },
-                Some(VectorStructInternal::Single(v)) => Some(v.clone()),
-                _ => None,
-            }
-            .ok_or_else(|| StoreError::Corrupt("point without its dense vector".into()))?;
-            visit(self.to_chunk(record)?, vector)
-        })
+                }
+                .ok_or_else(|| StoreError::Corrupt("point without its dense vector".into()))?;
+                visit(self.to_chunk(record)?, vector)
+            },
+        )
     }
 
     fn dense_search(&self, vector: &[f32], k: usize) -> Result<Vec<ScoredChunk>> {
@@ -893,7 +973,7 @@ mod tests {
 
     const DIM: usize = 4;
 
-    fn key() -> KeyId {
+    fn key() -> eerag_shared::KeyId {
         eerag_shared::Key::from_secret([3; 32]).id()
     }
 
@@ -1033,5 +1113,51 @@ mod tests {
             hits.iter().map(|h| h.chunk_id).collect::<Vec<_>>(),
             vec![ChunkId::new("b", 0)]
         );
+    }
+
+    #[test]
+    fn aliases_shadow_switch_atomically_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = EdgeStore::open(dir.path()).unwrap();
+            let v1 = store.create_collection("t.docs", key(), DIM).unwrap();
+            v1.put_documents(&[doc("a", "h1", &[(&[1], [1., 0., 0., 0.])])])
+                .unwrap();
+            let v2 = store
+                .create(
+                    "t.docs.v2",
+                    &CollectionSpec {
+                        key_id: key(),
+                        dim: DIM,
+                        encoder: Some("e2".into()),
+                    },
+                )
+                .unwrap();
+            assert_eq!(v2.meta().encoder.as_deref(), Some("e2"));
+            // The alias shadows the collection of its own name.
+            assert_eq!(store.set_alias("t.docs", Some("t.docs.v2")).unwrap(), None);
+            assert_eq!(store.collection("t.docs").unwrap().meta().name, "t.docs.v2");
+            // What an alias names cannot be deleted; what it shadows can.
+            let err = store.delete_collection("t.docs.v2").unwrap_err();
+            assert!(matches!(err, StoreError::InUse(_)), "{err}");
+            let err = store.set_alias("t.docs", Some("t.none")).unwrap_err();
+            assert!(matches!(err, StoreError::CollectionNotFound(_)), "{err}");
+            assert_eq!(store.collections().unwrap().len(), 2);
+        }
+        let (store, _) = EdgeStore::open(dir.path()).unwrap();
+        assert_eq!(store.collection("t.docs").unwrap().meta().name, "t.docs.v2");
+        assert_eq!(
+            store.aliases().unwrap().get("t.docs").map(String::as_str),
+            Some("t.docs.v2")
+        );
+        // Removing the alias uncovers the first version again.
+        assert_eq!(
+            store.set_alias("t.docs", None).unwrap().as_deref(),
+            Some("t.docs.v2")
+        );
+        let c = store.collection("t.docs").unwrap();
+        assert_eq!((c.meta().name.as_str(), c.count().unwrap()), ("t.docs", 1));
+        assert_eq!(c.meta().encoder, None);
+        store.delete_collection("t.docs.v2").unwrap();
     }
 }

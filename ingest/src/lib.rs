@@ -12,6 +12,7 @@ pub mod extract;
 pub mod keyword;
 pub mod qdrant_store;
 pub mod ranking;
+pub mod rebuild;
 pub mod reindex;
 pub mod remote;
 pub mod store;

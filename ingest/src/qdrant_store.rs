@@ -32,21 +32,22 @@ use std::time::Duration;
 use eerag_shared::{EncEncoderIds, EncGeneratorIds, KeyId};
 use qdrant_client::qdrant::{
     point_id::PointIdOptions, points_update_operation, value::Kind, vector_output,
-    vectors_output::VectorsOptions, Condition, CountPointsBuilder, CreateCollectionBuilder,
-    CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Direction, Distance, FieldType, Filter,
-    GetPointsBuilder, HnswConfigDiffBuilder, Modifier, NamedVectors, OrderByBuilder,
-    PayloadIncludeSelector, PointId, PointStruct, PointsUpdateOperation, QueryPointsBuilder, Range,
-    RetrievedPoint, ScoredPoint, ScrollPointsBuilder, SearchParamsBuilder,
-    SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpdateBatchPointsBuilder,
-    UpdateCollectionBuilder, Value, Vector, VectorParamsBuilder, VectorsConfigBuilder,
-    VectorsSelector, WriteOrdering, WriteOrderingType,
+    vectors_output::VectorsOptions, Condition, CountPointsBuilder, CreateAliasBuilder,
+    CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Direction,
+    Distance, FieldType, Filter, GetPointsBuilder, HnswConfigDiffBuilder, Modifier, NamedVectors,
+    OrderByBuilder, PayloadIncludeSelector, PointId, PointStruct, PointsUpdateOperation,
+    QueryPointsBuilder, Range, RetrievedPoint, ScoredPoint, ScrollPointsBuilder,
+    SearchParamsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
+    UpdateBatchPointsBuilder, UpdateCollectionBuilder, Value, Vector, VectorParamsBuilder,
+    VectorsConfigBuilder, VectorsSelector, WriteOrdering, WriteOrderingType,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use tantivy::fieldnorm::FieldNormReader;
 
 use crate::store::{
-    assign_seqs, sort_hits, validate_collection_name, ChunkId, ChunkRecord, Collection, CollectionMeta,
-    DocumentInfo, NewDocument, Result, ScoredChunk, Store, StoreError,
+    assign_seqs, sort_hits, validate_collection_name, ChunkId, ChunkRecord, Collection,
+    CollectionMeta, CollectionSpec, DocumentInfo, NewDocument, Result, ScoredChunk, Store,
+    StoreError,
 };
 
 /// Name of the dense vector.
@@ -83,7 +84,17 @@ mod meta_key {
     pub const DIM: &str = "eerag_dim";
     pub const CREATED: &str = "eerag_created_unix_secs";
     pub const AVGDL: &str = "eerag_bm25_avgdl";
+    pub const ENCODER: &str = "eerag_encoder";
 }
+
+/// Suffix of the Qdrant aliases that hold eerag's aliases. eerag aliases
+/// shadow collections of the same name, which Qdrant's own may not, so they
+/// live under their own names and eerag resolves them.
+const ALIAS_SUFFIX: &str = "~alias";
+/// How long a host trusts the aliases it listed: other hosts see a switch
+/// within this time (jobs wait longer than this before deleting what an
+/// alias named before).
+pub const ALIAS_TTL: Duration = Duration::from_secs(1);
 
 /// Version of the layout above.
 const FORMAT: i64 = 1;
@@ -183,14 +194,19 @@ fn now_secs() -> u64 {
 /// unreachable, timed out or shed load.
 fn transient(e: &QdrantError) -> bool {
     match e {
-        QdrantError::ResponseError { status } => matches!(
-            status.code(),
-            tonic::Code::Unavailable
-                | tonic::Code::DeadlineExceeded
-                | tonic::Code::Cancelled
-                | tonic::Code::Unknown
-                | tonic::Code::Aborted
-        ),
+        QdrantError::ResponseError { status } => {
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+                    | tonic::Code::Aborted
+            )
+            // The client's channel pool reports a refused connection so.
+            || (status.code() == tonic::Code::Internal
+                && status.message().starts_with("Failed to connect"))
+        }
         QdrantError::ResourceExhaustedError { .. } => true,
         QdrantError::Io(_) => true,
         _ => false,
@@ -284,6 +300,8 @@ pub struct QdrantStore {
     /// Handles of collections seen, keeping their write sequence and length
     /// norm; the server stays the source of truth for what exists.
     cache: RwLock<HashMap<String, Arc<QdrantCollection>>>,
+    /// The aliases as last listed, and when.
+    aliases: Mutex<Option<(std::time::Instant, BTreeMap<String, String>)>>,
 }
 
 impl QdrantStore {
@@ -320,6 +338,7 @@ impl QdrantStore {
             client,
             options,
             cache: RwLock::new(HashMap::new()),
+            aliases: Mutex::new(None),
         })
     }
 
@@ -363,6 +382,7 @@ impl QdrantStore {
             key_id,
             dim,
             created_unix_secs: meta_int(&metadata, meta_key::CREATED).unwrap_or(0) as u64,
+            encoder: meta_str(&metadata, meta_key::ENCODER),
         };
         let avgdl = meta_double(&metadata, meta_key::AVGDL).map(|v| v as f32);
         let collection = Arc::new(QdrantCollection {
@@ -381,21 +401,49 @@ impl QdrantStore {
     }
 }
 
+impl QdrantStore {
+    /// The eerag aliases, listed at most every [`ALIAS_TTL`] (`fresh`:
+    /// listed now).
+    fn alias_map(&self, fresh: bool) -> Result<BTreeMap<String, String>> {
+        let mut cached = self.aliases.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, map)) = cached.as_ref() {
+            if !fresh && at.elapsed() < ALIAS_TTL {
+                return Ok(map.clone());
+            }
+        }
+        let listed = self.client.run("", |q| q.list_aliases())?;
+        let prefix = &self.options.collection_prefix;
+        let map: BTreeMap<String, String> = listed
+            .aliases
+            .into_iter()
+            .filter_map(|a| {
+                let alias = a
+                    .alias_name
+                    .strip_prefix(prefix)?
+                    .strip_suffix(ALIAS_SUFFIX)?;
+                let target = a.collection_name.strip_prefix(prefix)?;
+                Some((alias.to_string(), target.to_string()))
+            })
+            .collect();
+        *cached = Some((std::time::Instant::now(), map.clone()));
+        Ok(map)
+    }
+}
+
 impl Store for QdrantStore {
-    fn create_collection(
-        &self,
-        name: &str,
-        key_id: KeyId,
-        dim: usize,
-    ) -> Result<Arc<dyn Collection>> {
+    fn create(&self, name: &str, spec: &CollectionSpec) -> Result<Arc<dyn Collection>> {
         validate_collection_name(name)?;
+        let (key_id, dim) = (spec.key_id, spec.dim);
         let physical = self.physical(name);
-        let metadata: HashMap<String, serde_json::Value> = HashMap::from([
+        let mut metadata: HashMap<String, serde_json::Value> = HashMap::from([
             (meta_key::FORMAT.to_string(), FORMAT.into()),
             (meta_key::KEY_ID.to_string(), key_id.to_string().into()),
             (meta_key::DIM.to_string(), (dim as u64).into()),
             (meta_key::CREATED.to_string(), now_secs().into()),
         ]);
+        if let Some(encoder) = &spec.encoder {
+            metadata.insert(meta_key::ENCODER.to_string(), encoder.clone().into());
+        }
         let mut vectors = VectorsConfigBuilder::default();
         vectors.add_named_vector_params(
             DENSE,
@@ -439,6 +487,8 @@ impl Store for QdrantStore {
     }
 
     fn collection(&self, name: &str) -> Result<Arc<dyn Collection>> {
+        let target = self.alias_map(false)?.get(name).cloned();
+        let name = target.as_deref().unwrap_or(name);
         match self.cached(name) {
             Some(c) => Ok(c),
             None => Ok(self.load(name)?),
@@ -460,8 +510,9 @@ impl Store for QdrantStore {
         names.sort();
         let mut out = Vec::with_capacity(names.len());
         for name in names {
-            match self.collection(&name) {
-                Ok(c) => out.push(c),
+            let cached = self.cached(&name);
+            match cached.map(Ok).unwrap_or_else(|| self.load(&name)) {
+                Ok(c) => out.push(c as Arc<dyn Collection>),
                 // Another Qdrant user's collection under the prefix, or one
                 // deleted since the listing.
                 Err(StoreError::CollectionNotFound(_)) => {}
@@ -472,8 +523,13 @@ impl Store for QdrantStore {
     }
 
     fn delete_collection(&self, name: &str) -> Result<()> {
-        // Only ever delete a collection eerag owns.
+        // Only ever delete a collection eerag owns, and none an alias names.
         self.load(name)?;
+        if let Some((alias, _)) = self.alias_map(true)?.iter().find(|(_, t)| *t == name) {
+            return Err(StoreError::InUse(format!(
+                "collection {name:?} is what {alias:?} names: switch or remove the alias first"
+            )));
+        }
         let physical = self.physical(name);
         let deleted = self
             .client
@@ -489,6 +545,33 @@ impl Store for QdrantStore {
                 name.chars().take(80).collect(),
             ))
         }
+    }
+
+    fn aliases(&self) -> Result<BTreeMap<String, String>> {
+        self.alias_map(true)
+    }
+
+    fn set_alias(&self, alias: &str, target: Option<&str>) -> Result<Option<String>> {
+        validate_collection_name(alias)?;
+        let previous = self.alias_map(true)?.get(alias).cloned();
+        let native = format!("{}{ALIAS_SUFFIX}", self.physical(alias));
+        match target {
+            Some(t) => {
+                // Only ever point at a collection eerag owns.
+                self.load(t)?;
+                // Qdrant's create replaces an alias of the same name in one
+                // step, so readers see the old target or the new one.
+                let request = CreateAliasBuilder::new(self.physical(t), native.clone()).build();
+                self.client
+                    .run(alias, |q| q.create_alias(request.clone()))?;
+            }
+            None if previous.is_some() => {
+                self.client.run(alias, |q| q.delete_alias(native.clone()))?;
+            }
+            None => {}
+        }
+        *self.aliases.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(previous)
     }
 }
 
@@ -722,6 +805,7 @@ impl QdrantCollection {
             chunks: payload_u64(payload, field::COUNT)
                 .ok_or_else(|| StoreError::Corrupt(format!("point without {}", field::COUNT)))?
                 as usize,
+            first_seq: payload_u64(payload, field::SEQ).unwrap_or(0),
         })
     }
 
@@ -803,8 +887,10 @@ impl Collection for QdrantCollection {
 
     fn document(&self, doc_id: &str) -> Result<Option<DocumentInfo>> {
         let first = ChunkId::new(doc_id, 0).uuid().to_string();
-        let request = GetPointsBuilder::new(self.physical.clone(), vec![first.into()])
-            .with_payload(fields(&[field::DOC_ID, field::CONTENT_HASH, field::COUNT]));
+        let request =
+            GetPointsBuilder::new(self.physical.clone(), vec![first.into()]).with_payload(fields(
+                &[field::DOC_ID, field::CONTENT_HASH, field::COUNT, field::SEQ],
+            ));
         let found = self.run(|q| q.get_points(request.clone()))?;
         let Some(point) = found.result.first() else {
             return Ok(None);
@@ -907,7 +993,12 @@ impl Collection for QdrantCollection {
         let mut request = ScrollPointsBuilder::new(self.physical.clone())
             .limit(limit.clamp(1, u32::MAX as usize) as u32)
             .filter(Filter::must([Condition::matches(field::INDEX, 0i64)]))
-            .with_payload(fields(&[field::DOC_ID, field::CONTENT_HASH, field::COUNT]));
+            .with_payload(fields(&[
+                field::DOC_ID,
+                field::CONTENT_HASH,
+                field::COUNT,
+                field::SEQ,
+            ]));
         if let Some(cursor) = after {
             let id: ChunkId = cursor.parse().map_err(|_| StoreError::InvalidCursor)?;
             request = request.offset(PointId::from(id.uuid().to_string()));
@@ -997,7 +1088,7 @@ impl Collection for QdrantCollection {
                 hits.truncate(k);
                 return Ok(hits);
             }
-            limit = limit * 4;
+            limit *= 4;
         }
     }
 

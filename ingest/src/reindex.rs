@@ -197,7 +197,11 @@ pub fn migrate(
             }
             Err(e) => return Err(e.into()),
         };
-        let state = checkpoint.collections.entry(name.clone()).or_default().clone();
+        let state = checkpoint
+            .collections
+            .entry(name.clone())
+            .or_default()
+            .clone();
         let report = copy_collection(
             source.as_ref(),
             target.as_ref(),
@@ -319,10 +323,10 @@ fn copy_collection(
             Ok(())
         };
         let flush_pending = |pending: Option<Pending>,
-                                 batch: &mut Vec<NewDocument>,
-                                 batch_chunks: &mut usize,
-                                 last_written: &mut Option<ChunkId>,
-                                 report: &mut CollectionReport| {
+                             batch: &mut Vec<NewDocument>,
+                             batch_chunks: &mut usize,
+                             last_written: &mut Option<ChunkId>,
+                             report: &mut CollectionReport| {
             if let Some(p) = pending {
                 let last = p.chunks.last().map(|(c, _)| c.chunk_id);
                 match p.into_document() {
@@ -420,7 +424,7 @@ fn verify(
     let mut sampled: Vec<(ChunkRecord, Vec<f32>)> = Vec::with_capacity(sample);
     let mut i = 0usize;
     source.scan_chunks(None, &mut |record, vector| {
-        if i % every == 0 && sampled.len() < sample {
+        if i.is_multiple_of(every) && sampled.len() < sample {
             sampled.push((record, vector));
         }
         i += 1;
@@ -543,7 +547,10 @@ mod tests {
         assert!(r.resumed);
         assert_eq!(r.chunks_written + partial, r.source_chunks);
         assert_eq!(r.target_chunks, r.source_chunks);
-        assert_eq!((r.payloads_verified, r.vectors_verified), (r.sampled, r.sampled));
+        assert_eq!(
+            (r.payloads_verified, r.vectors_verified),
+            (r.sampled, r.sampled)
+        );
         assert_eq!(last, Some(r.source_chunks));
         assert!(!options.checkpoint.exists());
         let target = to.collection("t.docs").unwrap();
@@ -551,7 +558,11 @@ mod tests {
         assert_eq!(a.len(), b.len());
         for ((ra, va), (rb, vb)) in a.iter().zip(&b) {
             assert_eq!(ra, rb);
-            let diff = va.iter().zip(vb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            let diff = va
+                .iter()
+                .zip(vb)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
             assert!(diff < 1e-6, "{diff}");
         }
         // Rankings and their ties are the source's.
@@ -571,10 +582,15 @@ mod tests {
         assert_eq!(again[0].target_chunks, r.source_chunks);
         // New writes to the copy come after the copied ones.
         target
-            .put_documents(&corpus(&key, 1).into_iter().map(|mut d| {
-                d.doc_id = "fresh".into();
-                d
-            }).collect::<Vec<_>>())
+            .put_documents(
+                &corpus(&key, 1)
+                    .into_iter()
+                    .map(|mut d| {
+                        d.doc_id = "fresh".into();
+                        d
+                    })
+                    .collect::<Vec<_>>(),
+            )
             .unwrap();
         let max_copied = b.iter().map(|(r, _)| r.seq).max().unwrap();
         assert!(target.document_chunks("fresh").unwrap()[0].seq > max_copied);

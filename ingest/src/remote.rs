@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use eerag_shared::wire::{
     AnswerRequest, AnswerResponse, AnswerSummary, CollectionInfo, CollectionList, CreateCollection,
-    DeleteResponse, DocumentExport, DocumentList, EmbedRequest, EmbedResponse, ErrorBody, Health,
-    SearchHit, SearchRequest, SearchResponse, TokenEvent, UpsertRequest, UpsertResponse,
+    CreateVersionRequest, DeleteResponse, DocumentExport, DocumentList, EmbedRequest,
+    EmbedResponse, ErrorBody, Health, ReembedRequest, ReembedResponse, SearchHit, SearchRequest,
+    SearchResponse, SwitchRequest, SwitchResponse, TokenEvent, UpsertRequest, UpsertResponse,
+    VersionInfo, VersionList,
 };
 use eerag_shared::KeyId;
 use reqwest::blocking::{Client, RequestBuilder, Response};
@@ -164,6 +166,58 @@ impl HostClient {
         );
         Self::check(r.send().map_err(transport)?)?;
         Ok(())
+    }
+
+    /// `GET /v1/collections/{name}/versions`.
+    pub fn list_versions(&self, collection: &str) -> Result<Vec<VersionInfo>> {
+        let list: VersionList = Self::json(
+            self.auth(
+                self.http
+                    .get(self.url(&format!("/v1/collections/{collection}/versions"))),
+            ),
+        )?;
+        Ok(list.versions)
+    }
+
+    /// `POST /v1/collections/{name}/versions`: the next version, empty.
+    pub fn create_version(
+        &self,
+        collection: &str,
+        request: &CreateVersionRequest,
+    ) -> Result<VersionInfo> {
+        Self::json(
+            self.auth(
+                self.http
+                    .post(self.url(&format!("/v1/collections/{collection}/versions"))),
+            )
+            .json(request),
+        )
+    }
+
+    /// `POST /v1/collections/{name}/versions/{version}/reembed`: one step.
+    pub fn reembed(
+        &self,
+        collection: &str,
+        version: u32,
+        request: &ReembedRequest,
+    ) -> Result<ReembedResponse> {
+        Self::json(
+            self.auth(self.http.post(self.url(&format!(
+                "/v1/collections/{collection}/versions/{version}/reembed"
+            ))))
+            .json(request),
+        )
+    }
+
+    /// `POST /v1/collections/{name}/switch`.
+    pub fn switch_version(&self, collection: &str, version: u32) -> Result<SwitchResponse> {
+        Self::json(
+            self.auth(
+                self.http
+                    .post(self.url(&format!("/v1/collections/{collection}/switch"))),
+            )
+            .json(&SwitchRequest { version }),
+        )
     }
 
     /// `POST /v1/collections/{name}/chunks`.

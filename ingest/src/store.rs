@@ -38,6 +38,9 @@ pub enum StoreError {
     /// The store's server did not answer (after retries): worth retrying.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The collection is in use in a way that forbids the operation.
+    #[error("{0}")]
+    InUse(String),
     /// The store is configured wrongly (a bad URL, say).
     #[error("store configuration: {0}")]
     Config(String),
@@ -130,6 +133,11 @@ pub struct CollectionMeta {
     /// Dimension of its vectors.
     pub dim: usize,
     pub created_unix_secs: u64,
+    /// SHA-256 of the base encoder whose transformed copy made its vectors
+    /// (the artifacts' `encoder.base_sha256`). `None` in collections made
+    /// before stores kept it: any encoder loaded for the key serves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<String>,
 }
 
 /// A chunk to store, with its vector already computed.
@@ -174,6 +182,10 @@ pub struct DocumentInfo {
     pub doc_id: String,
     pub content_hash: String,
     pub chunks: usize,
+    /// Write sequence number of its first chunk: jobs that rewrite a
+    /// collection through the API write documents in this order, so ties
+    /// keep breaking as before.
+    pub first_seq: u64,
 }
 
 /// A retrieval hit before its payload is read.
@@ -232,27 +244,67 @@ pub(crate) fn assign_seqs(
                 .collect()
         })
         .collect();
-    if let Some(max) = docs.iter().flat_map(|d| &d.chunks).filter_map(|c| c.seq).max() {
+    if let Some(max) = docs
+        .iter()
+        .flat_map(|d| &d.chunks)
+        .filter_map(|c| c.seq)
+        .max()
+    {
         last.fetch_max(max, std::sync::atomic::Ordering::SeqCst);
     }
     seqs
 }
 
-/// A set of collections.
+/// What a new collection is bound to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CollectionSpec {
+    /// The key every id and vector in it will be encrypted under.
+    pub key_id: KeyId,
+    /// Dimension of its vectors.
+    pub dim: usize,
+    /// The base encoder its vectors come from (see [`CollectionMeta::encoder`]).
+    pub encoder: Option<String>,
+}
+
+/// A set of collections, and aliases naming them.
+///
+/// An alias lets a collection be rebuilt under a new name (a new version:
+/// re-embedded, re-keyed) while the old one serves, then switched to in one
+/// step. Aliases shadow collections of the same name: that is how the
+/// original collection, named as the public name, is replaced by a version.
 pub trait Store: Send + Sync {
-    /// Creates an empty collection bound to `key_id`.
+    /// Creates an empty collection.
+    fn create(&self, name: &str, spec: &CollectionSpec) -> Result<Arc<dyn Collection>>;
+    /// Creates an empty collection bound to `key_id`, of any encoder.
     fn create_collection(
         &self,
         name: &str,
         key_id: KeyId,
         dim: usize,
-    ) -> Result<Arc<dyn Collection>>;
-    /// Opens a collection.
+    ) -> Result<Arc<dyn Collection>> {
+        self.create(
+            name,
+            &CollectionSpec {
+                key_id,
+                dim,
+                encoder: None,
+            },
+        )
+    }
+    /// Opens a collection by alias, else by name; its `meta().name` is the
+    /// collection's own name.
     fn collection(&self, name: &str) -> Result<Arc<dyn Collection>>;
-    /// Every collection, by name.
+    /// Every collection, by its own name (aliases not followed).
     fn collections(&self) -> Result<Vec<Arc<dyn Collection>>>;
-    /// Deletes a collection and all its data.
+    /// Deletes the collection of that very name (aliases not followed) and
+    /// all its data.
     fn delete_collection(&self, name: &str) -> Result<()>;
+    /// Every alias and the collection it names.
+    fn aliases(&self) -> Result<std::collections::BTreeMap<String, String>>;
+    /// Points `alias` at collection `target` in one atomic, durable step
+    /// (`None`: removes the alias); returns what it pointed at before.
+    /// Readers see either the old or the new target, never neither.
+    fn set_alias(&self, alias: &str, target: Option<&str>) -> Result<Option<String>>;
 }
 
 /// One collection of encrypted chunks.

@@ -18,9 +18,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use eerag_shared::wire::{
-    AnswerRequest, AnswerResponse, AnswerSummary, CollectionList, CreateCollection, DeleteResponse,
-    EmbedRequest, EmbedResponse, ErrorBody, ErrorDetail, FinishReason, Health, SearchRequest,
-    SearchResponse, TokenEvent, UpsertRequest,
+    AnswerRequest, AnswerResponse, AnswerSummary, CollectionList, CreateCollection,
+    CreateVersionRequest, DeleteResponse, EmbedRequest, EmbedResponse, ErrorBody, ErrorDetail,
+    FinishReason, Health, ReembedRequest, ReembedResponse, SearchRequest, SearchResponse,
+    SwitchRequest, SwitchResponse, TokenEvent, UpsertRequest, VersionList,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -282,6 +283,15 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             "/v1/collections/{name}/documents/{doc}/chunks",
             get(export_document),
         )
+        .route(
+            "/v1/collections/{name}/versions",
+            post(create_version).get(list_versions),
+        )
+        .route(
+            "/v1/collections/{name}/versions/{version}/reembed",
+            post(reembed),
+        )
+        .route("/v1/collections/{name}/switch", post(switch_version))
         .route("/v1/collections/{name}/search", post(search))
         .route("/v1/embed", post(embed))
         .route("/v1/collections/{name}/answer", post(answer))
@@ -395,6 +405,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
         key_id: state.service.key_id(),
+        key_ids: state.service.key_ids(),
         encoder_vocab: facts.encoder_vocab,
         generator_vocab: facts.generator_vocab,
         dim: facts.dim,
@@ -454,6 +465,55 @@ async fn delete_collection(
     require_write(&p)?;
     state.service.delete_collection(&p.tenant, &name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_versions(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<VersionList>> {
+    Ok(Json(state.service.list_versions(&p.tenant, &name).await?))
+}
+
+async fn create_version(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<CreateVersionRequest>,
+) -> ApiResult<impl IntoResponse> {
+    require_write(&p)?;
+    let info = state.service.create_version(&p.tenant, &name, body).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn reembed(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    ApiPath((name, version)): ApiPath<(String, u32)>,
+    ApiJson(body): ApiJson<ReembedRequest>,
+) -> ApiResult<Json<ReembedResponse>> {
+    require_write(&p)?;
+    Ok(Json(
+        state
+            .service
+            .reembed(&p.tenant, &name, version, body)
+            .await?,
+    ))
+}
+
+async fn switch_version(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<SwitchRequest>,
+) -> ApiResult<Json<SwitchResponse>> {
+    require_write(&p)?;
+    Ok(Json(
+        state
+            .service
+            .switch_version(&p.tenant, &name, body.version)
+            .await?,
+    ))
 }
 
 async fn embed(

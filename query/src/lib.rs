@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod openapi;
 pub mod server;
 pub mod service;
+pub mod versions;

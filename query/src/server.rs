@@ -18,7 +18,7 @@ use crate::api::{router, AppState};
 use crate::auth::Auth;
 use crate::engine::{Engine, EngineLimits};
 use crate::metrics::Metrics;
-use crate::service::{Service, ServiceLimits};
+use crate::service::{ServedModels, Service, ServiceLimits};
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,8 @@ pub enum ServeError {
         "refusing to listen on {0} without API keys: with no keys configured the server only listens on loopback (configure [[api_keys]] to serve a network)"
     )]
     OpenWithoutKeys(SocketAddr),
+    #[error("{0}: these artifacts are for a key and encoder already loaded")]
+    DuplicateArtifacts(PathBuf),
 }
 
 /// Default bound on API requests handled at once.
@@ -46,8 +48,12 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 /// Everything `eerag serve` is configured with.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
-    /// Host artifacts from `eerag transform`.
+    /// Host artifacts from `eerag transform`: the default models.
     pub artifacts: PathBuf,
+    /// More artifacts served at once (another key's during a key rotation,
+    /// another encoder's during a re-embedding): each collection is served
+    /// by the models of its key and encoder.
+    pub more_artifacts: Vec<PathBuf>,
     /// Where collections are stored.
     pub store: StoreSpec,
     pub listen: SocketAddr,
@@ -69,6 +75,7 @@ impl ServeConfig {
     pub fn local(artifacts: PathBuf, data: PathBuf) -> Self {
         Self {
             artifacts,
+            more_artifacts: Vec::new(),
             store: StoreSpec::Embedded(data),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             auth: Auth::Local,
@@ -124,22 +131,39 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     if !config.auth.requires_keys() && !config.listen.ip().is_loopback() {
         return Err(ServeError::OpenWithoutKeys(config.listen));
     }
-    let artifacts = {
-        let (dir, verify) = (config.artifacts.clone(), config.verify_artifacts);
-        tokio::task::spawn_blocking(move || HostArtifacts::open(&dir, verify))
-            .await
-            .expect("artifact check does not panic")?
-    };
-    let key_id = artifacts.key_id();
     let metrics = Arc::new(Metrics::default());
-    let engine = {
-        let (limits, metrics) = (config.engine.clone(), metrics.clone());
-        tokio::task::spawn_blocking(move || {
-            Engine::start(&artifacts, &Device::Cpu, limits, metrics)
-        })
-        .await
-        .expect("model loading does not panic")?
-    };
+    let mut models: Vec<ServedModels> = Vec::new();
+    for dir in std::iter::once(&config.artifacts).chain(&config.more_artifacts) {
+        let artifacts = {
+            let (dir, verify) = (dir.clone(), config.verify_artifacts);
+            tokio::task::spawn_blocking(move || HostArtifacts::open(&dir, verify))
+                .await
+                .expect("artifact check does not panic")?
+        };
+        let key_id = artifacts.key_id();
+        let encoder = artifacts.manifest().encoder.base_sha256.clone();
+        if models
+            .iter()
+            .any(|m| m.key_id == key_id && m.encoder == encoder)
+        {
+            return Err(ServeError::DuplicateArtifacts(dir.clone()));
+        }
+        let engine = {
+            let (limits, metrics) = (config.engine.clone(), metrics.clone());
+            tokio::task::spawn_blocking(move || {
+                Engine::start(&artifacts, &Device::Cpu, limits, metrics)
+            })
+            .await
+            .expect("model loading does not panic")?
+        };
+        tracing::info!(key_id = %key_id, encoder = %encoder.chars().take(12).collect::<String>(), "models loaded");
+        models.push(ServedModels {
+            engine,
+            key_id,
+            encoder,
+        });
+    }
+    let key_id = models[0].key_id;
     let (store, recovery) = {
         let spec = config.store.clone();
         tokio::task::spawn_blocking(move || spec.open())
@@ -154,7 +178,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         leftovers_removed = recovery.leftovers_removed,
         "store opened"
     );
-    let service = Service::new(store, engine, key_id, metrics.clone(), config.limits);
+    let service = Service::new(store, models, metrics.clone(), config.limits);
     let state = Arc::new(AppState {
         service,
         metrics,

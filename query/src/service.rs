@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use eerag_ingest::store::{
-    sort_hits, ChunkId, ChunkRecord, Collection, NewChunk, NewDocument, ScoredChunk, Store,
-    StoreError,
+    sort_hits, ChunkId, ChunkRecord, Collection, CollectionMeta, CollectionSpec, NewChunk,
+    NewDocument, ScoredChunk, Store, StoreError,
 };
 use eerag_shared::models::{GenerationOptions, StopReason};
 use eerag_shared::wire::{
@@ -78,7 +78,9 @@ impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::CollectionNotFound(_) => ServiceError::NotFound(e.to_string()),
-            StoreError::CollectionExists(_) => ServiceError::Conflict(e.to_string()),
+            StoreError::CollectionExists(_) | StoreError::InUse(_) => {
+                ServiceError::Conflict(e.to_string())
+            }
             StoreError::InvalidName(_) => ServiceError::Invalid {
                 code: "invalid_name",
                 message: e.to_string(),
@@ -133,13 +135,23 @@ pub struct PreparedAnswer {
     pub chunks: Vec<UsedChunk>,
 }
 
+/// One set of transformed models the host serves: for one key and one base
+/// encoder.
+pub struct ServedModels {
+    pub engine: Engine,
+    pub key_id: KeyId,
+    /// SHA-256 of the base encoder (the artifacts' `encoder.base_sha256`).
+    pub encoder: String,
+}
+
 /// The host service.
 pub struct Service {
-    store: Arc<dyn Store>,
-    engine: Engine,
-    key_id: KeyId,
-    metrics: Arc<Metrics>,
-    limits: ServiceLimits,
+    pub(crate) store: Arc<dyn Store>,
+    /// The first is the default for new collections; more are loaded while
+    /// collections move to a new key or encoder.
+    pub(crate) models: Vec<ServedModels>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limits: ServiceLimits,
     /// Bounds the store calls running at once, so a burst of requests
     /// waits here instead of filling the blocking thread pool.
     store_slots: Arc<Semaphore>,
@@ -206,19 +218,21 @@ fn check_ids(
 }
 
 impl Service {
-    /// A service over `store` with the models of `engine`, which were
-    /// transformed for `key_id`.
+    /// A service over `store` with `models` (at least one set; the first is
+    /// the default for new collections).
     pub fn new(
         store: Arc<dyn Store>,
-        engine: Engine,
-        key_id: KeyId,
+        models: Vec<ServedModels>,
         metrics: Arc<Metrics>,
         limits: ServiceLimits,
     ) -> Self {
+        assert!(
+            !models.is_empty(),
+            "a host serves at least one set of models"
+        );
         Self {
             store,
-            engine,
-            key_id,
+            models,
             metrics,
             limits,
             store_slots: Arc::new(Semaphore::new(STORE_SLOTS)),
@@ -227,7 +241,7 @@ impl Service {
 
     /// Runs blocking store work off the async runtime, at most
     /// [`STORE_SLOTS`] at once.
-    async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ServiceError> {
@@ -243,14 +257,58 @@ impl Service {
             .map_err(ServiceError::from)
     }
 
-    /// The key id of the loaded artifacts.
+    /// The key id of the default artifacts.
     pub fn key_id(&self) -> KeyId {
-        self.key_id
+        self.models[0].key_id
     }
 
-    /// The model engine.
+    /// Every key the host serves models for, the default first.
+    pub fn key_ids(&self) -> Vec<KeyId> {
+        let mut keys: Vec<KeyId> = Vec::new();
+        for m in &self.models {
+            if !keys.contains(&m.key_id) {
+                keys.push(m.key_id);
+            }
+        }
+        keys
+    }
+
+    /// The default model engine.
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.models[0].engine
+    }
+
+    /// The models a collection's vectors and ids need: its key's, and its
+    /// encoder's where it records one.
+    pub(crate) fn models_for(&self, meta: &CollectionMeta) -> Result<&ServedModels, ServiceError> {
+        self.models
+            .iter()
+            .find(|m| {
+                m.key_id == meta.key_id && meta.encoder.as_ref().is_none_or(|e| *e == m.encoder)
+            })
+            .ok_or_else(|| {
+                ServiceError::Conflict(format!(
+                    "this collection needs models for key {}{}, which this host does not serve: start it with --artifacts for them",
+                    meta.key_id,
+                    meta.encoder
+                        .as_ref()
+                        .map(|e| format!(" and encoder {}", e.chars().take(12).collect::<String>()))
+                        .unwrap_or_default()
+                ))
+            })
+    }
+
+    /// The models for a key: the first loaded for it.
+    pub(crate) fn models_for_key(&self, key_id: KeyId) -> Result<&ServedModels, ServiceError> {
+        self.models
+            .iter()
+            .find(|m| m.key_id == key_id)
+            .ok_or_else(|| {
+                invalid(
+                    "key_mismatch",
+                    format!("this host serves no models for key {key_id}"),
+                )
+            })
     }
 
     /// The store.
@@ -258,7 +316,7 @@ impl Service {
         &self.store
     }
 
-    fn store_name(tenant: &str, name: &str) -> String {
+    pub(crate) fn store_name(tenant: &str, name: &str) -> String {
         format!("{tenant}.{name}")
     }
 
@@ -275,10 +333,18 @@ impl Service {
         Ok(())
     }
 
-    async fn open(&self, tenant: &str, name: &str) -> Result<Arc<dyn Collection>, ServiceError> {
-        validate_name("a collection name", name)?;
+    /// Opens the version a public name serves, or the version `NAME.vN`
+    /// names.
+    pub(crate) async fn open(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Arc<dyn Collection>, ServiceError> {
+        if let (base, Some(1)) = crate::versions::parse_public(name)? {
+            return self.open_first_version(tenant, base).await;
+        }
+        let full = crate::versions::address(tenant, name)?;
         let store = self.store.clone();
-        let full = Self::store_name(tenant, name);
         self.blocking(move || store.collection(&full))
             .await
             .map_err(|e| match e {
@@ -289,23 +355,24 @@ impl Service {
             })
     }
 
-    async fn info(
+    pub(crate) async fn info(
         &self,
         tenant: &str,
         c: Arc<dyn Collection>,
     ) -> Result<CollectionInfo, ServiceError> {
         let meta = c.meta().clone();
         let chunks = self.blocking(move || c.count()).await?;
-        let name = meta
+        let own = meta
             .name
             .strip_prefix(&format!("{tenant}."))
-            .unwrap_or(&meta.name)
-            .to_string();
+            .unwrap_or(&meta.name);
+        let (name, version) = crate::versions::split_version(own);
         Ok(CollectionInfo {
-            name,
+            name: name.to_string(),
             key_id: meta.key_id,
             dim: meta.dim,
             chunks,
+            version,
         })
     }
 
@@ -317,22 +384,34 @@ impl Service {
         key_id: Option<KeyId>,
     ) -> Result<CollectionInfo, ServiceError> {
         validate_name("a collection name", name)?;
-        if let Some(k) = key_id {
-            if k != self.key_id {
-                return Err(invalid(
+        let models = match key_id {
+            Some(k) => self.models_for_key(k).map_err(|_| {
+                invalid(
                     "key_mismatch",
                     format!(
                         "this host serves models transformed for key {}, not {k}",
-                        self.key_id
+                        self.key_id()
                     ),
-                ));
-            }
-        }
+                )
+            })?,
+            None => &self.models[0],
+        };
         let store = self.store.clone();
         let full = Self::store_name(tenant, name);
-        let (key, dim) = (self.key_id, self.engine.facts().dim);
+        let spec = CollectionSpec {
+            key_id: models.key_id,
+            dim: models.engine.facts().dim,
+            encoder: Some(models.encoder.clone()),
+        };
         let c = self
-            .blocking(move || store.create_collection(&full, key, dim))
+            .blocking(move || {
+                // A name an alias holds is taken even if its first version
+                // was deleted.
+                if store.aliases()?.contains_key(&full) {
+                    return Err(StoreError::CollectionExists(full));
+                }
+                store.create(&full, &spec)
+            })
             .await
             .map_err(|e| match e {
                 ServiceError::Conflict(_) => {
@@ -343,29 +422,23 @@ impl Service {
         self.info(tenant, c).await
     }
 
-    /// The tenant's collections.
+    /// The tenant's collections, each as the version serving it.
     pub async fn list_collections(
         &self,
         tenant: &str,
     ) -> Result<Vec<CollectionInfo>, ServiceError> {
         let store = self.store.clone();
-        let all = self.blocking(move || store.collections()).await?;
         let prefix = format!("{tenant}.");
+        let serving = self
+            .blocking(move || crate::versions::serving(store.as_ref(), &prefix))
+            .await?;
         let mut out = Vec::new();
-        for c in all {
-            if c.meta().name.starts_with(&prefix) {
-                out.push(self.info(tenant, c).await?);
-            }
+        for c in serving {
+            let mut info = self.info(tenant, c).await?;
+            info.name = crate::versions::split_version(&info.name).0.to_string();
+            out.push(info);
         }
         Ok(out)
-    }
-
-    /// Deletes a collection.
-    pub async fn delete_collection(&self, tenant: &str, name: &str) -> Result<(), ServiceError> {
-        self.open(tenant, name).await?;
-        let store = self.store.clone();
-        let full = Self::store_name(tenant, name);
-        self.blocking(move || store.delete_collection(&full)).await
     }
 
     /// Validates, embeds and stores whole documents; returns once durable.
@@ -377,7 +450,8 @@ impl Service {
     ) -> Result<UpsertResponse, ServiceError> {
         let collection = self.open(tenant, name).await?;
         self.check_key(collection.as_ref(), request.key_id)?;
-        let facts = self.engine.facts();
+        let engine = &self.models_for(collection.meta())?.engine;
+        let facts = engine.facts();
         let total: usize = request.documents.iter().map(|d| d.chunks.len()).sum();
         if total > self.limits.max_chunks_per_request {
             return Err(invalid(
@@ -457,7 +531,7 @@ impl Service {
             .filter(|(_, s)| **s != DocumentStatus::Unchanged)
             .flat_map(|(d, _)| d.chunks.iter().map(|c| c.encoder_ids.clone()))
             .collect();
-        let mut vectors = self.engine.embed(seqs).await?.into_iter();
+        let mut vectors = engine.embed(seqs).await?.into_iter();
         let key = collection.meta().key_id;
         let mut docs = Vec::new();
         let mut results = Vec::with_capacity(request.documents.len());
@@ -581,6 +655,7 @@ impl Service {
                     doc_id: d.doc_id,
                     content_hash: d.content_hash,
                     chunks: d.chunks,
+                    first_seq: d.first_seq,
                 })
                 .collect(),
             next,
@@ -595,7 +670,8 @@ impl Service {
         k: usize,
         mode: SearchMode,
     ) -> Result<Vec<(ChunkRecord, f32)>, ServiceError> {
-        let facts = self.engine.facts();
+        let engine = &self.models_for(collection.meta())?.engine;
+        let facts = engine.facts();
         check_ids(
             "query_ids",
             &query_ids,
@@ -615,8 +691,7 @@ impl Service {
         let fetch = depth + TIE_SLACK;
         let dense = match mode {
             SearchMode::Dense | SearchMode::Hybrid => {
-                let vector = self
-                    .engine
+                let vector = engine
                     .embed(vec![query_ids.clone()])
                     .await?
                     .pop()
@@ -665,15 +740,19 @@ impl Service {
     /// Embeds encrypted encoder ids without storing them (the vectors stay
     /// in the key's rotated space).
     pub async fn embed(&self, request: EmbedRequest) -> Result<Vec<Vec<f32>>, ServiceError> {
-        if request.key_id != self.key_id {
-            return Err(invalid(
-                "key_mismatch",
-                format!(
-                    "the request is encrypted under key {}, this host's models under key {}",
-                    request.key_id, self.key_id
-                ),
-            ));
-        }
+        let engine = &self
+            .models_for_key(request.key_id)
+            .map_err(|_| {
+                invalid(
+                    "key_mismatch",
+                    format!(
+                        "the request is encrypted under key {}, this host's models under key {}",
+                        request.key_id,
+                        self.key_id()
+                    ),
+                )
+            })?
+            .engine;
         if request.inputs.is_empty() || request.inputs.len() > self.limits.max_embed_inputs {
             return Err(invalid(
                 "invalid_inputs",
@@ -683,7 +762,7 @@ impl Service {
                 ),
             ));
         }
-        let facts = self.engine.facts();
+        let facts = engine.facts();
         for (i, ids) in request.inputs.iter().enumerate() {
             check_ids(
                 &format!("inputs[{i}]"),
@@ -693,7 +772,7 @@ impl Service {
                 false,
             )?;
         }
-        Ok(self.engine.embed(request.inputs).await?)
+        Ok(engine.embed(request.inputs).await?)
     }
 
     /// Searches a collection.
@@ -737,7 +816,8 @@ impl Service {
     ) -> Result<PreparedAnswer, ServiceError> {
         let collection = self.open(tenant, name).await?;
         self.check_key(collection.as_ref(), request.key_id)?;
-        let facts = self.engine.facts();
+        let engine = &self.models_for(collection.meta())?.engine;
+        let facts = engine.facts();
         let vocab = facts.generator_vocab;
         let window = facts.generator_context;
         let t = &request.template;
@@ -824,7 +904,7 @@ impl Service {
         prompt.extend_from_slice(&request.question.generator_ids);
         prompt.extend_from_slice(&t.after_question);
 
-        let events = self.engine.generate(
+        let events = engine.generate(
             prompt,
             GenerationOptions {
                 max_tokens: request.max_tokens,

@@ -32,6 +32,105 @@ pub struct CollectionInfo {
     pub dim: usize,
     /// Number of stored chunks.
     pub chunks: u64,
+    /// Which version of the collection serves it: 1 as created, higher once
+    /// a re-embedding or key rotation switched to a rebuilt version.
+    #[serde(default = "first_version")]
+    pub version: u32,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+/// `POST /v1/collections/{name}/versions`: an empty new version of a
+/// collection, to be filled (re-embedded or re-uploaded under a new key)
+/// while the current one serves, then switched to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVersionRequest {
+    /// The key of the new version [default: the current version's].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<KeyId>,
+    /// SHA-256 of the base encoder to embed it with, one the host serves
+    /// for that key [default: the first the host loaded for the key].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<String>,
+}
+
+/// A version of a collection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// The collection's name.
+    pub collection: String,
+    pub version: u32,
+    /// The name that addresses this version itself (`NAME.vN`) in every
+    /// collection route: upload into it, list and export its documents.
+    pub name: String,
+    pub key_id: KeyId,
+    /// SHA-256 of the base encoder its vectors come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<String>,
+    pub dim: usize,
+    pub chunks: u64,
+    /// Whether it is the version serving the collection's name.
+    pub current: bool,
+}
+
+/// `GET /v1/collections/{name}/versions`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersionList {
+    pub versions: Vec<VersionInfo>,
+}
+
+/// `POST /v1/collections/{name}/versions/{version}/reembed`: one step of a
+/// re-embedding. The host re-embeds the stored encrypted ids of a page of
+/// the current version's documents with the version's encoder and writes
+/// them (ids, metadata and write order unchanged) into the version,
+/// skipping documents already there with the same content. Idempotent, so
+/// a job resumes from its last cursor.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReembedRequest {
+    /// Cursor from the previous step's `next`; absent: from the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Documents to examine in this step.
+    pub limit: usize,
+    /// Instead: remove from the version the documents the current version
+    /// no longer has (deleted while the job ran), one page of the version's
+    /// documents per step.
+    #[serde(default)]
+    pub prune: bool,
+}
+
+/// What one re-embedding step did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReembedResponse {
+    /// Documents looked at.
+    pub examined: usize,
+    /// Documents (and their chunks) re-embedded and written.
+    pub documents_written: usize,
+    pub chunks_written: usize,
+    /// Documents removed (prune steps).
+    pub documents_removed: usize,
+    /// Cursor of the next step; absent after the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// `POST /v1/collections/{name}/switch`: make a version the one the
+/// collection's name serves, in one atomic step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchRequest {
+    pub version: u32,
+}
+
+/// The outcome of a switch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SwitchResponse {
+    pub previous: u32,
+    pub current: u32,
 }
 
 /// `GET /v1/collections`.
@@ -147,6 +246,10 @@ pub struct DocumentSummary {
     pub doc_id: String,
     pub content_hash: String,
     pub chunks: usize,
+    /// Write sequence number of its first chunk (write order; jobs that
+    /// rewrite a collection keep it).
+    #[serde(default)]
+    pub first_seq: u64,
 }
 
 /// Which retriever ranks the chunks.
@@ -352,8 +455,12 @@ pub struct ErrorDetail {
 pub struct Health {
     /// `"ok"`.
     pub status: String,
-    /// The key id of the host's artifacts.
+    /// The key id of the host's (first) artifacts.
     pub key_id: KeyId,
+    /// Every key the host serves models for (more than one during a key
+    /// rotation).
+    #[serde(default)]
+    pub key_ids: Vec<KeyId>,
     pub encoder_vocab: usize,
     pub generator_vocab: usize,
     pub dim: usize,

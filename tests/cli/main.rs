@@ -8,6 +8,7 @@ mod attack;
 mod client;
 mod eval;
 mod gateway;
+mod reindex;
 mod serve;
 
 fn eerag(args: &[&str]) -> Output {

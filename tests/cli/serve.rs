@@ -61,20 +61,27 @@ pub(crate) struct Server {
 impl Server {
     /// Starts a server on a free loopback port and waits until it listens.
     pub(crate) fn start(artifacts: &Path, data: &Path, logs: &Path, rust_log: &str) -> Server {
+        Self::start_serving(&[artifacts], data, logs, rust_log)
+    }
+
+    /// Like [`Self::start`], serving several sets of artifacts.
+    pub(crate) fn start_serving(
+        artifacts: &[&Path],
+        data: &Path,
+        logs: &Path,
+        rust_log: &str,
+    ) -> Server {
         std::fs::create_dir_all(logs).unwrap();
         let n = std::fs::read_dir(logs).unwrap().count();
         let stdout = logs.join(format!("stdout-{n}.log"));
         let stderr = logs.join(format!("stderr-{n}.log"));
+        let mut args = vec!["serve"];
+        for a in artifacts {
+            args.extend(["--artifacts", path(a)]);
+        }
+        args.extend(["--data", path(data), "--listen", "127.0.0.1:0"]);
         let mut child = Command::new(env!("CARGO_BIN_EXE_eerag"))
-            .args([
-                "serve",
-                "--artifacts",
-                path(artifacts),
-                "--data",
-                path(data),
-                "--listen",
-                "127.0.0.1:0",
-            ])
+            .args(&args)
             .env("RUST_LOG", rust_log)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
@@ -173,7 +180,7 @@ fn contains_ignoring_ascii_case(haystack: &[u8], needle: &str) -> bool {
 }
 
 /// The sample corpus, one chunk per paragraph.
-fn sample_documents() -> Vec<TextDocument> {
+pub(crate) fn sample_documents() -> Vec<TextDocument> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/sample");
     let mut names: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -691,4 +698,29 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+#[test]
+fn a_dead_or_malformed_qdrant_store_is_a_clear_error_at_start() {
+    let setup = setup();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("qdrant://127.0.0.1:{port}");
+    let out = serve_refusing(&setup, &setup.artifacts, &["--store", &url]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("store unavailable") && err.contains("Qdrant"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let out = serve_refusing(&setup, &setup.artifacts, &["--store", "ftp://db:6334"]);
+    assert!(
+        stderr(&out).contains("is not a Qdrant URL"),
+        "{}",
+        stderr(&out)
+    );
 }

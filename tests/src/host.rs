@@ -26,6 +26,8 @@ pub struct HostOptions {
     pub engine: EngineLimits,
     /// The store; `None` is the embedded one in the host's data directory.
     pub store: Option<StoreSpec>,
+    /// More artifacts to serve (another key's, another encoder's).
+    pub more_artifacts: Vec<std::path::PathBuf>,
 }
 
 impl Default for HostOptions {
@@ -35,6 +37,7 @@ impl Default for HostOptions {
             max_body_bytes: 64 << 20,
             engine: EngineLimits::default(),
             store: None,
+            more_artifacts: Vec::new(),
         }
     }
 }
@@ -44,6 +47,7 @@ impl Host {
     pub fn start(artifacts: &Path, options: HostOptions) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
         let mut config = ServeConfig {
+            more_artifacts: options.more_artifacts,
             auth: options.auth,
             verify_artifacts: false,
             max_body_bytes: options.max_body_bytes,

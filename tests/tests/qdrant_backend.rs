@@ -12,7 +12,7 @@ use std::time::Duration;
 use eerag_ingest::client::{ClientError, EncryptedClient, TextDocument};
 use eerag_ingest::qdrant_store::INCOMPLETE;
 use eerag_ingest::remote::{HostClient, RemoteError};
-use eerag_ingest::store::{ChunkId, NewChunk, NewDocument};
+use eerag_ingest::store::{ChunkId, CollectionSpec, NewChunk, NewDocument};
 use eerag_ingest::{QdrantOptions, QdrantStore, Store, StoreError, StoreSpec};
 use eerag_shared::wire::SearchMode;
 use eerag_shared::{EncEncoderIds, EncGeneratorIds, Key};
@@ -56,6 +56,11 @@ struct Cleanup(Arc<QdrantStore>);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        if let Ok(aliases) = self.0.aliases() {
+            for alias in aliases.keys() {
+                let _ = self.0.set_alias(alias, None);
+            }
+        }
         if let Ok(all) = self.0.collections() {
             for c in all {
                 let _ = self.0.delete_collection(&c.meta().name);
@@ -401,7 +406,7 @@ fn a_dead_qdrant_server_gets_503_and_service_resumes() {
     }
     let late =
         TextDocument::from_chunks("late.md", vec!["Written while the store was away.".into()]);
-    assert!(c.upload("faults", &[late.clone()]).is_err());
+    assert!(c.upload("faults", std::slice::from_ref(&late)).is_err());
 
     proxy.restore();
     let after = c
@@ -470,4 +475,98 @@ fn a_host_on_qdrant_ranks_as_the_embedded_host_does() {
         );
         assert!(share >= 0.8, "{mode:?} overlap@10 {share}");
     }
+}
+
+#[test]
+fn versions_switch_atomically_on_a_qdrant_server() {
+    let Some(options) = server("versions_switch_atomically_on_a_qdrant_server") else {
+        return;
+    };
+    let store = Arc::new(QdrantStore::connect(options.clone()).unwrap());
+    let _cleanup = Cleanup(store.clone());
+    let key = Key::from_secret([5; 32]);
+    let v1 = store.create_collection("t.docs", key.id(), DIM).unwrap();
+    v1.put_documents(&[doc(&key, "a", "h1", &[(&[1, 2], [1., 0., 0., 0.])])])
+        .unwrap();
+    store
+        .create(
+            "t.docs.v2",
+            &CollectionSpec {
+                key_id: key.id(),
+                dim: DIM,
+                encoder: Some("e2".into()),
+            },
+        )
+        .unwrap();
+    // A second host on the same server, which has already resolved the name.
+    let other = QdrantStore::connect(options.clone()).unwrap();
+    assert_eq!(other.collection("t.docs").unwrap().meta().name, "t.docs");
+    // The alias shadows the collection of its own name, for every host
+    // within the alias TTL.
+    assert_eq!(store.set_alias("t.docs", Some("t.docs.v2")).unwrap(), None);
+    let c = store.collection("t.docs").unwrap();
+    assert_eq!(c.meta().name, "t.docs.v2");
+    assert_eq!(c.meta().encoder.as_deref(), Some("e2"));
+    std::thread::sleep(eerag_ingest::qdrant_store::ALIAS_TTL + Duration::from_millis(200));
+    assert_eq!(other.collection("t.docs").unwrap().meta().name, "t.docs.v2");
+    assert!(matches!(
+        other.delete_collection("t.docs.v2"),
+        Err(StoreError::InUse(_))
+    ));
+    assert_eq!(
+        other.aliases().unwrap().get("t.docs").map(String::as_str),
+        Some("t.docs.v2")
+    );
+    // Removing it uncovers the first version again.
+    assert_eq!(
+        store.set_alias("t.docs", None).unwrap().as_deref(),
+        Some("t.docs.v2")
+    );
+    assert_eq!(store.collection("t.docs").unwrap().count().unwrap(), 1);
+
+    // The re-embedding job through a host on the server: the same rankings
+    // after the switch, and the old version gone.
+    let f = fixture();
+    let host = host_on(&options, f.artifacts.dir());
+    let c = client(&host, &f.key);
+    c.create_collection("handbook").unwrap();
+    c.upload("handbook", &sample_documents()).unwrap();
+    let ranked = |c: &EncryptedClient| -> Vec<Vec<(String, f32)>> {
+        ["How warm may the vaccine fridge get?", "retainer"]
+            .iter()
+            .flat_map(|q| {
+                [SearchMode::Dense, SearchMode::Keyword, SearchMode::Hybrid].map(|m| {
+                    c.search("handbook", q, 10, m)
+                        .unwrap()
+                        .into_iter()
+                        .map(|h| (h.text, h.score))
+                        .collect()
+                })
+            })
+            .collect()
+    };
+    let before = ranked(&c);
+    let dir = tempfile::tempdir().unwrap();
+    let report = eerag_ingest::rebuild::reembed(
+        c.host(),
+        "handbook",
+        None,
+        &eerag_ingest::rebuild::RebuildOptions {
+            batch_documents: 2,
+            checkpoint: dir.path().join("job"),
+            keep_old: false,
+            grace: eerag_ingest::rebuild::SWITCH_GRACE,
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!((report.previous_version, report.version), (1, 2));
+    assert!(report.old_version_deleted);
+    assert_eq!(ranked(&c), before);
+    println!(
+        "re-embed on Qdrant: {} chunks in {:.2} s ({:.0} chunks/s)",
+        report.chunks_written,
+        report.seconds,
+        report.chunks_per_second()
+    );
 }

@@ -405,12 +405,18 @@ impl QdrantStore {
     /// The eerag aliases, listed at most every [`ALIAS_TTL`] (`fresh`:
     /// listed now).
     fn alias_map(&self, fresh: bool) -> Result<BTreeMap<String, String>> {
-        let mut cached = self.aliases.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, map)) = cached.as_ref() {
+        let cached = self
+            .aliases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((at, map)) = &cached {
             if !fresh && at.elapsed() < ALIAS_TTL {
                 return Ok(map.clone());
             }
         }
+        // Listed without holding the lock, so a slow or dead server holds up
+        // only the requests that need the listing, each with its own retries.
         let listed = self.client.run("", |q| q.list_aliases())?;
         let prefix = &self.options.collection_prefix;
         let map: BTreeMap<String, String> = listed
@@ -425,7 +431,8 @@ impl QdrantStore {
                 Some((alias.to_string(), target.to_string()))
             })
             .collect();
-        *cached = Some((std::time::Instant::now(), map.clone()));
+        *self.aliases.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), map.clone()));
         Ok(map)
     }
 }

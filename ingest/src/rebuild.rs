@@ -39,6 +39,10 @@ pub const SWITCH_GRACE: Duration = Duration::from_secs(2);
 /// Chunks per upload request of a rekey.
 const MAX_REQUEST_CHUNKS: usize = 1024;
 
+/// Catch-up passes before a job gives up on a collection that keeps
+/// changing (it can be run again later).
+const MAX_CATCH_UP_PASSES: u32 = 5;
+
 /// Errors of a rebuild job.
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
@@ -170,8 +174,10 @@ fn current_of(host: &HostClient, collection: &str) -> Result<VersionInfo> {
         .ok_or_else(|| RebuildError::Mismatch(format!("{collection:?} has no current version")))
 }
 
-/// Switches from version `from` to `version`, waits, and deletes `from`
-/// unless kept (also when a killed run had switched already).
+/// Switches from version `from` to `version`; unless the old version is
+/// kept, waits until every host resolves the name to the new version, has
+/// `carry_over` bring over what reached the old version meanwhile, and
+/// deletes it (also when a killed run had switched already).
 fn switch_and_retire(
     host: &HostClient,
     collection: &str,
@@ -179,22 +185,56 @@ fn switch_and_retire(
     version: u32,
     options: &RebuildOptions,
     report: &mut RebuildReport,
+    carry_over: &mut dyn FnMut(&mut RebuildReport) -> Result<u64>,
 ) -> Result<()> {
     let switched = host.switch_version(collection, version)?;
     report.previous_version = from;
     report.version = switched.current;
-    if !options.keep_old {
-        if switched.previous != switched.current {
-            std::thread::sleep(options.grace);
-        }
-        match host.delete_collection(&format!("{collection}.v{from}")) {
-            Ok(()) => report.old_version_deleted = true,
-            // Deleted by the killed run.
-            Err(e) if e.status() == Some(404) => report.old_version_deleted = true,
-            Err(e) => return Err(e.into()),
-        }
+    if options.keep_old {
+        return Ok(());
+    }
+    std::thread::sleep(options.grace);
+    report.documents_caught_up += carry_over(report)?;
+    match host.delete_collection(&format!("{collection}.v{from}")) {
+        Ok(()) => report.old_version_deleted = true,
+        // Deleted by the killed run.
+        Err(e) if e.status() == Some(404) => report.old_version_deleted = true,
+        Err(e) => return Err(e.into()),
     }
     Ok(())
+}
+
+/// The empty version a killed run created before it could record it, if
+/// there is one for this key; else a new one.
+fn adopt_or_create(
+    host: &HostClient,
+    collection: &str,
+    request: &CreateVersionRequest,
+) -> Result<VersionInfo> {
+    let versions = host.list_versions(collection)?;
+    let key = match request.key_id {
+        Some(k) => k,
+        None => versions
+            .iter()
+            .find(|v| v.current)
+            .map(|v| v.key_id)
+            .ok_or_else(|| {
+                RebuildError::Mismatch(format!("{collection:?} has no current version"))
+            })?,
+    };
+    let orphan = versions.into_iter().find(|v| {
+        !v.current
+            && v.chunks == 0
+            && v.key_id == key
+            && request
+                .encoder
+                .as_ref()
+                .is_none_or(|e| v.encoder.as_ref() == Some(e))
+    });
+    match orphan {
+        Some(v) => Ok(v),
+        None => Ok(host.create_version(collection, request)?),
+    }
 }
 
 // ---------------------------------------------------------------- re-embed
@@ -209,10 +249,6 @@ struct ReembedCheckpoint {
     /// 0: first pass, 1: catch-up pass, 2: prune, 3: verified, switch next.
     phase: u8,
     after: Option<String>,
-    documents_written: u64,
-    chunks_written: u64,
-    documents_caught_up: u64,
-    documents_removed: u64,
 }
 
 /// Rebuilds `collection` as a new version re-embedded by the host with the
@@ -264,7 +300,8 @@ pub fn reembed(
     };
     let current = current_of(host, collection)?;
     if state.version == 0 {
-        let created = host.create_version(
+        let created = adopt_or_create(
+            host,
             collection,
             &CreateVersionRequest {
                 key_id: None,
@@ -281,6 +318,7 @@ pub fn reembed(
     let started = Instant::now();
     let total_docs = all_documents(host, collection)?.len() as u64;
     let limit = options.batch_documents.clamp(1, 1000);
+    let mut catch_ups = 0;
     while state.phase < 3 {
         let prune = state.phase == 2;
         let phase = ["re-embedding", "catching up", "pruning"][state.phase as usize];
@@ -293,15 +331,16 @@ pub fn reembed(
                     after: state.after.clone(),
                     limit,
                     prune,
+                    from: None,
                 },
             )?;
             done += step.examined as u64;
-            state.documents_written += step.documents_written as u64;
-            state.chunks_written += step.chunks_written as u64;
+            report.documents_written += step.documents_written as u64;
+            report.chunks_written += step.chunks_written as u64;
             if state.phase == 1 {
-                state.documents_caught_up += step.documents_written as u64;
+                report.documents_caught_up += step.documents_written as u64;
             }
-            state.documents_removed += step.documents_removed as u64;
+            report.documents_removed += step.documents_removed as u64;
             state.after = step.next;
             progress(Progress {
                 phase,
@@ -323,25 +362,58 @@ pub fn reembed(
             if !same_documents(&old, &new) {
                 // Changed again meanwhile: one more catch-up.
                 state.phase = 1;
+                catch_ups += 1;
+                if catch_ups >= MAX_CATCH_UP_PASSES {
+                    save(&state)?;
+                    return Err(RebuildError::Mismatch(format!(
+                        "{collection:?} kept changing through {catch_ups} catch-up passes: run the job again when writes are quieter"
+                    )));
+                }
             }
         }
         save(&state)?;
     }
     report.seconds = started.elapsed().as_secs_f64();
-    report.documents_written = state.documents_written;
-    report.chunks_written = state.chunks_written;
-    report.documents_caught_up = state.documents_caught_up;
-    report.documents_removed = state.documents_removed;
     let built = version_of(host, collection, state.version)?;
     report.chunks = built.chunks;
     report.documents = all_documents(host, &built.name)?.len() as u64;
+    let (from, version) = (state.from_version, state.version);
     switch_and_retire(
         host,
         collection,
-        state.from_version,
-        state.version,
+        from,
+        version,
         options,
         &mut report,
+        &mut |report| {
+            // Pages of the old version into the one that now serves; copies
+            // already as new are skipped.
+            let mut after = None;
+            let mut caught_up = 0;
+            loop {
+                let step = match host.reembed(
+                    collection,
+                    version,
+                    &ReembedRequest {
+                        after,
+                        limit,
+                        prune: false,
+                        from: Some(from),
+                    },
+                ) {
+                    Ok(step) => step,
+                    // Deleted by the killed run.
+                    Err(e) if e.status() == Some(404) => return Ok(caught_up),
+                    Err(e) => return Err(e.into()),
+                };
+                caught_up += step.documents_written as u64;
+                report.chunks_written += step.chunks_written as u64;
+                match step.next {
+                    Some(n) => after = Some(n),
+                    None => return Ok(caught_up),
+                }
+            }
+        },
     )?;
     let _ = std::fs::remove_file(path);
     Ok(report)
@@ -558,15 +630,105 @@ fn reassemble(
             return None;
         }
         let overlap = text.len() - start;
-        if overlap > piece.len()
-            || !piece.is_char_boundary(overlap)
-            || text[start..] != piece[..overlap]
-        {
+        if overlap > piece.len() || text.get(start..)? != piece.get(..overlap)? {
             return None;
         }
         text.push_str(&piece[overlap..]);
     }
     (!text.is_empty()).then_some(text)
+}
+
+/// Re-encrypts and uploads into `target` every document of `source` not
+/// yet written as it is now, oldest first, so the new version's write order
+/// (how ties break) is the old one's. Returns how many it wrote.
+#[allow(clippy::too_many_arguments)]
+fn rekey_pass(
+    old: &EncryptedClient,
+    new: &EncryptedClient,
+    source: &str,
+    target: &str,
+    log: &mut RekeyLog,
+    batch: usize,
+    phase: &str,
+    report: &mut RebuildReport,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<u64> {
+    let host = old.host();
+    let new_key = new.cipher().key_id();
+    let mut todo: Vec<DocumentSummary> = all_documents(host, source)?
+        .into_iter()
+        .filter(|d| {
+            log.done
+                .get(&d.doc_id)
+                .is_none_or(|r| r.old_hash != d.content_hash)
+        })
+        .collect();
+    todo.sort_by_key(|d| d.first_seq);
+    let total = todo.len() as u64;
+    let mut written = 0u64;
+    for (n, docs) in todo.chunks(batch).enumerate() {
+        let mut uploads = Vec::with_capacity(docs.len());
+        let mut records = Vec::with_capacity(docs.len());
+        for d in docs {
+            let export = match host.export_document(source, &d.doc_id) {
+                Ok(e) => e,
+                // Deleted since the listing.
+                Err(e) if e.status() == Some(404) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let r = reencrypt(old, new, &export)?;
+            if !r.rederived {
+                report.ids_not_rederived += 1;
+            }
+            records.push(RekeyedDocument {
+                old_id: export.doc_id.clone(),
+                old_hash: export.content_hash.clone(),
+                new_id: r.upload.doc_id.clone(),
+            });
+            report.chunks_written += r.upload.chunks.len() as u64;
+            uploads.push(r.upload);
+        }
+        // Two old documents of the same text become one.
+        let mut seen = HashSet::new();
+        uploads.retain(|u| seen.insert(u.doc_id.clone()));
+        // Requests of at most MAX_REQUEST_CHUNKS chunks (or one document),
+        // in order.
+        let mut request: Vec<DocumentUpload> = Vec::new();
+        let mut chunks = 0;
+        for upload in uploads {
+            if !request.is_empty() && chunks + upload.chunks.len() > MAX_REQUEST_CHUNKS {
+                host.upsert(
+                    target,
+                    &UpsertRequest {
+                        key_id: new_key,
+                        documents: std::mem::take(&mut request),
+                    },
+                )?;
+                chunks = 0;
+            }
+            chunks += upload.chunks.len();
+            request.push(upload);
+        }
+        if !request.is_empty() {
+            host.upsert(
+                target,
+                &UpsertRequest {
+                    key_id: new_key,
+                    documents: request,
+                },
+            )?;
+        }
+        written += records.len() as u64;
+        // Recorded only once the host acknowledged the writes.
+        log.append(records)?;
+        progress(Progress {
+            phase,
+            done: ((n + 1) * batch).min(todo.len()) as u64,
+            total,
+        });
+    }
+    report.documents_written += written;
+    Ok(written)
 }
 
 /// Moves `collection` from `old`'s key to `new`'s: a new version bound to
@@ -608,7 +770,8 @@ pub fn rekey(
                     current.key_id
                 )));
             }
-            let created = host.create_version(
+            let created = adopt_or_create(
+                host,
                 collection,
                 &CreateVersionRequest {
                     key_id: Some(new_key),
@@ -625,92 +788,31 @@ pub fn rekey(
             )?
         }
     };
-    let version = log.header.version;
+    let (from, version) = (log.header.from_version, log.header.version);
     let target = format!("{collection}.v{version}");
+    let batch = options.batch_documents.clamp(1, 256);
     let started = Instant::now();
     if current.version != version {
-        let batch = options.batch_documents.clamp(1, 256);
         let mut pass = 0;
         loop {
-            // Every document not yet written as it is now, oldest first, so
-            // the new version's write order (how ties break) is the old one's.
-            let mut todo: Vec<DocumentSummary> = all_documents(host, collection)?
-                .into_iter()
-                .filter(|d| {
-                    log.done
-                        .get(&d.doc_id)
-                        .is_none_or(|r| r.old_hash != d.content_hash)
-                })
-                .collect();
-            todo.sort_by_key(|d| d.first_seq);
-            let total = todo.len() as u64;
             let phase = if pass == 0 {
                 "re-encrypting"
             } else {
                 "catching up"
             };
-            for (n, docs) in todo.chunks(batch).enumerate() {
-                let mut uploads = Vec::with_capacity(docs.len());
-                let mut records = Vec::with_capacity(docs.len());
-                for d in docs {
-                    let export = match host.export_document(collection, &d.doc_id) {
-                        Ok(e) => e,
-                        // Deleted since the listing.
-                        Err(e) if e.status() == Some(404) => continue,
-                        Err(e) => return Err(e.into()),
-                    };
-                    let r = reencrypt(old, new, &export)?;
-                    if !r.rederived {
-                        report.ids_not_rederived += 1;
-                    }
-                    records.push(RekeyedDocument {
-                        old_id: export.doc_id.clone(),
-                        old_hash: export.content_hash.clone(),
-                        new_id: r.upload.doc_id.clone(),
-                    });
-                    report.chunks_written += r.upload.chunks.len() as u64;
-                    uploads.push(r.upload);
-                }
-                // Two old documents of the same text become one.
-                let mut seen = HashSet::new();
-                uploads.retain(|u| seen.insert(u.doc_id.clone()));
-                // Requests of at most MAX_REQUEST_CHUNKS chunks (or one
-                // document), in order.
-                let mut request: Vec<DocumentUpload> = Vec::new();
-                let mut chunks = 0;
-                for upload in uploads {
-                    if !request.is_empty() && chunks + upload.chunks.len() > MAX_REQUEST_CHUNKS {
-                        host.upsert(
-                            &target,
-                            &UpsertRequest {
-                                key_id: new_key,
-                                documents: std::mem::take(&mut request),
-                            },
-                        )?;
-                        chunks = 0;
-                    }
-                    chunks += upload.chunks.len();
-                    request.push(upload);
-                }
-                if !request.is_empty() {
-                    host.upsert(
-                        &target,
-                        &UpsertRequest {
-                            key_id: new_key,
-                            documents: request,
-                        },
-                    )?;
-                }
-                report.documents_written += records.len() as u64;
-                if pass > 0 {
-                    report.documents_caught_up += records.len() as u64;
-                }
-                log.append(records)?;
-                progress(Progress {
-                    phase,
-                    done: ((n + 1) * batch).min(todo.len()) as u64,
-                    total,
-                });
+            let written = rekey_pass(
+                old,
+                new,
+                collection,
+                &target,
+                &mut log,
+                batch,
+                phase,
+                &mut report,
+                progress,
+            )?;
+            if pass > 0 {
+                report.documents_caught_up += written;
             }
             // Prune: documents of the new version whose original is gone
             // (or changed into another text).
@@ -731,53 +833,92 @@ pub fn rekey(
                     .is_some_and(|r| r.old_hash == d.content_hash)
             });
             if complete {
+                verify_rekey(old, new, collection, &target, &old_docs, &log, &mut report)?;
                 break;
             }
             pass += 1;
-        }
-        // Check a sample: the new ciphertext is the old plaintext.
-        let old_docs = all_documents(host, collection)?;
-        let every = old_docs.len().div_ceil(20).max(1);
-        for d in old_docs.iter().step_by(every) {
-            let before = reencrypt(old, new, &host.export_document(collection, &d.doc_id)?)?;
-            let after_export = host.export_document(&target, &log.done[&d.doc_id].new_id)?;
-            let after = reencrypt(new, new, &after_export)?;
-            if before.plain != after.plain {
+            if pass >= MAX_CATCH_UP_PASSES {
                 return Err(RebuildError::Mismatch(format!(
-                    "document {} does not decrypt to the same text under the new key",
-                    d.doc_id
+                    "{collection:?} kept changing through {pass} passes: run the job again when writes are quieter"
                 )));
             }
-            report.verified_documents += 1;
-        }
-        let (old_v, new_v) = (
-            current_of(host, collection)?,
-            version_of(host, collection, version)?,
-        );
-        let new_docs = all_documents(host, &target)?.len();
-        let wanted: HashSet<&str> = old_docs
-            .iter()
-            .filter_map(|d| log.done.get(&d.doc_id).map(|r| r.new_id.as_str()))
-            .collect();
-        if new_v.key_id != new_key || new_docs != wanted.len() {
-            return Err(RebuildError::Mismatch(format!(
-                "version {version} holds {new_docs} documents, the current one {}: run the job again",
-                old_docs.len()
-            )));
-        }
-        if wanted.len() == old_docs.len() && new_v.chunks != old_v.chunks {
-            return Err(RebuildError::Mismatch(format!(
-                "version {version} holds {} chunks, the current one {}: run the job again",
-                new_v.chunks, old_v.chunks
-            )));
         }
     }
     report.seconds = started.elapsed().as_secs_f64();
     let built = version_of(host, collection, version)?;
     report.chunks = built.chunks;
     report.documents = all_documents(host, &target)?.len() as u64;
-    let from = log.header.from_version;
-    switch_and_retire(host, collection, from, version, options, &mut report)?;
+    // Writes that reached the old version before every host saw the switch
+    // are carried over (into the version that now serves) before it goes.
+    let old_name = format!("{collection}.v{from}");
+    switch_and_retire(
+        host,
+        collection,
+        from,
+        version,
+        options,
+        &mut report,
+        &mut |report| match rekey_pass(
+            old,
+            new,
+            &old_name,
+            collection,
+            &mut log,
+            batch,
+            "carrying over",
+            report,
+            progress,
+        ) {
+            Err(RebuildError::Remote(e)) if e.status() == Some(404) => Ok(0),
+            other => other,
+        },
+    )?;
     let _ = std::fs::remove_file(&options.checkpoint);
     Ok(report)
+}
+
+/// Checks the new version before the switch: a sample of documents decrypts
+/// to the same plaintext under both keys, and the counts agree.
+fn verify_rekey(
+    old: &EncryptedClient,
+    new: &EncryptedClient,
+    collection: &str,
+    target: &str,
+    old_docs: &[DocumentSummary],
+    log: &RekeyLog,
+    report: &mut RebuildReport,
+) -> Result<()> {
+    let host = old.host();
+    let every = old_docs.len().div_ceil(20).max(1);
+    for d in old_docs.iter().step_by(every) {
+        let Some(record) = log.done.get(&d.doc_id) else {
+            continue;
+        };
+        let before = match host.export_document(collection, &d.doc_id) {
+            Ok(e) => reencrypt(old, new, &e)?,
+            // Deleted meanwhile: the carry-over after the switch sees to it.
+            Err(e) if e.status() == Some(404) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let after = reencrypt(new, new, &host.export_document(target, &record.new_id)?)?;
+        if before.plain != after.plain {
+            return Err(RebuildError::Mismatch(format!(
+                "document {} does not decrypt to the same text under the new key",
+                d.doc_id
+            )));
+        }
+        report.verified_documents += 1;
+    }
+    let wanted: HashSet<&str> = old_docs
+        .iter()
+        .filter_map(|d| log.done.get(&d.doc_id).map(|r| r.new_id.as_str()))
+        .collect();
+    let new_docs = all_documents(host, target)?.len();
+    if new_docs != wanted.len() {
+        return Err(RebuildError::Mismatch(format!(
+            "{target} holds {new_docs} documents, {} were expected: run the job again",
+            wanted.len()
+        )));
+    }
+    Ok(())
 }

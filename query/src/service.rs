@@ -155,6 +155,9 @@ pub struct Service {
     /// Bounds the store calls running at once, so a burst of requests
     /// waits here instead of filling the blocking thread pool.
     store_slots: Arc<Semaphore>,
+    /// Held by operations that create, switch or delete collection
+    /// versions, so two of them never interleave on this host.
+    pub(crate) version_ops: tokio::sync::Mutex<()>,
 }
 
 /// Checks an opaque client id: 1 to 128 characters of `[A-Za-z0-9_.-]`.
@@ -236,6 +239,7 @@ impl Service {
             metrics,
             limits,
             store_slots: Arc::new(Semaphore::new(STORE_SLOTS)),
+            version_ops: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -281,6 +285,21 @@ impl Service {
     /// The models a collection's vectors and ids need: its key's, and its
     /// encoder's where it records one.
     pub(crate) fn models_for(&self, meta: &CollectionMeta) -> Result<&ServedModels, ServiceError> {
+        if meta.encoder.is_none()
+            && self
+                .models
+                .iter()
+                .filter(|m| m.key_id == meta.key_id)
+                .count()
+                > 1
+        {
+            // Made before collections recorded their encoder: which of the
+            // loaded ones made its vectors is unknown.
+            return Err(ServiceError::Conflict(format!(
+                "this collection does not record which encoder made its vectors, and this host serves several for key {}: serve one encoder for the key while it is re-embedded",
+                meta.key_id
+            )));
+        }
         self.models
             .iter()
             .find(|m| {
@@ -403,11 +422,18 @@ impl Service {
             dim: models.engine.facts().dim,
             encoder: Some(models.encoder.clone()),
         };
+        let _ops = self.version_ops.lock().await;
         let c = self
             .blocking(move || {
                 // A name an alias holds is taken even if its first version
-                // was deleted.
-                if store.aliases()?.contains_key(&full) {
+                // was deleted, and so is one with versions left over.
+                let versions = format!("{full}.v");
+                if store.aliases()?.contains_key(&full)
+                    || store
+                        .collections()?
+                        .iter()
+                        .any(|c| c.meta().name.starts_with(&versions))
+                {
                     return Err(StoreError::CollectionExists(full));
                 }
                 store.create(&full, &spec)

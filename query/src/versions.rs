@@ -9,7 +9,7 @@
 //! names it (aliases shadow the collection of the same name). Every
 //! collection route also takes `NAME.vN`, addressing that version itself.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use eerag_ingest::store::{Collection, CollectionSpec, NewChunk, NewDocument, Store, StoreError};
@@ -212,6 +212,7 @@ impl Service {
         request: CreateVersionRequest,
     ) -> Result<VersionInfo, ServiceError> {
         let (base, _) = parse_public(name)?;
+        let _ops = self.version_ops.lock().await;
         let (versions, current) = self.versions_of(tenant, base).await?;
         if versions.len() >= MAX_VERSIONS {
             return Err(ServiceError::Conflict(format!(
@@ -219,29 +220,49 @@ impl Service {
                 versions.len()
             )));
         }
-        let key_id = request
-            .key_id
-            .unwrap_or_else(|| versions[&current].meta().key_id);
-        let models = self
-            .models
-            .iter()
-            .find(|m| {
-                m.key_id == key_id && request.encoder.as_ref().is_none_or(|e| *e == m.encoder)
-            })
-            .ok_or_else(|| {
-                ServiceError::Invalid {
-                    code: "models_not_served",
-                    message: format!(
-                        "this host serves no models for key {key_id}{}: start it with --artifacts for them",
-                        request
-                            .encoder
-                            .as_ref()
-                            .map(|e| format!(" and encoder {}", e.chars().take(12).collect::<String>()))
-                            .unwrap_or_default()
-                    ),
+        let current_meta = versions[&current].meta().clone();
+        let key_id = request.key_id.unwrap_or(current_meta.key_id);
+        let for_key: Vec<&crate::service::ServedModels> =
+            self.models.iter().filter(|m| m.key_id == key_id).collect();
+        let chosen = match &request.encoder {
+            Some(e) => for_key.iter().find(|m| m.encoder == *e).copied(),
+            // By default another encoder than the current version's (what a
+            // re-embedding is for) when exactly one other is served; the
+            // same one when it is the only one.
+            None => {
+                let others: Vec<&crate::service::ServedModels> = for_key
+                    .iter()
+                    .filter(|m| Some(&m.encoder) != current_meta.encoder.as_ref())
+                    .copied()
+                    .collect();
+                match others.len() {
+                    1 => Some(others[0]),
+                    0 => for_key.first().copied(),
+                    _ if for_key.len() > 1 => {
+                        return Err(ServiceError::Invalid {
+                            code: "encoder_required",
+                            message: format!(
+                                "this host serves {} encoders for key {key_id}: name the one to use (encoder)",
+                                for_key.len()
+                            ),
+                        })
+                    }
+                    _ => others.first().copied(),
                 }
-            })?;
-        let version = versions.keys().max().copied().unwrap_or(1) + 1;
+            }
+        };
+        let models = chosen.ok_or_else(|| ServiceError::Invalid {
+            code: "models_not_served",
+            message: format!(
+                "this host serves no models for key {key_id}{}: start it with --artifacts for them",
+                request
+                    .encoder
+                    .as_ref()
+                    .map(|e| format!(" and encoder {}", e.chars().take(12).collect::<String>()))
+                    .unwrap_or_default()
+            ),
+        })?;
+        let version = versions.keys().max().copied().unwrap_or(1).max(current) + 1;
         let spec = CollectionSpec {
             key_id,
             dim: models.engine.facts().dim,
@@ -265,6 +286,7 @@ impl Service {
         version: u32,
     ) -> Result<SwitchResponse, ServiceError> {
         let (base, _) = parse_public(name)?;
+        let _ops = self.version_ops.lock().await;
         let (versions, current) = self.versions_of(tenant, base).await?;
         if !versions.contains_key(&version) {
             return Err(ServiceError::NotFound(format!(
@@ -291,10 +313,11 @@ impl Service {
     /// version that is not the current one.
     pub async fn delete_collection(&self, tenant: &str, name: &str) -> Result<(), ServiceError> {
         let (base, version) = parse_public(name)?;
-        let (versions, current) = self.versions_of(tenant, base).await?;
+        let _ops = self.version_ops.lock().await;
         let store = self.store.clone();
         match version {
             Some(v) => {
+                let (versions, current) = self.versions_of(tenant, base).await?;
                 if v == current {
                     return Err(ServiceError::Conflict(format!(
                         "version {v} serves collection {base:?}: switch to another first, or delete the collection"
@@ -313,17 +336,37 @@ impl Service {
             }
             None => {
                 let alias = Service::store_name(tenant, base);
-                let names: Vec<String> = versions.values().map(|c| c.meta().name.clone()).collect();
-                self.blocking(move || {
-                    // The name goes first, so nothing serves a half-deleted
-                    // collection.
-                    store.set_alias(&alias, None)?;
-                    for n in &names {
-                        store.delete_collection(n)?;
-                    }
+                let (tenant_, base_) = (tenant.to_string(), base.to_string());
+                let found = self
+                    .blocking(move || {
+                        let (versions, current) =
+                            stored_versions(store.as_ref(), &tenant_, &base_)?;
+                        if versions.is_empty() && current.is_none() {
+                            return Ok(false);
+                        }
+                        // Versions that do not serve go first, then the
+                        // name, then what it served: a failure part-way
+                        // leaves the collection serving as before, or gone,
+                        // never an older version serving again.
+                        for (v, c) in &versions {
+                            if Some(*v) != current {
+                                store.delete_collection(&c.meta().name)?;
+                            }
+                        }
+                        store.set_alias(&alias, None)?;
+                        if let Some(c) = current.and_then(|v| versions.get(&v)) {
+                            store.delete_collection(&c.meta().name)?;
+                        }
+                        Ok(true)
+                    })
+                    .await?;
+                if found {
                     Ok(())
-                })
-                .await
+                } else {
+                    Err(ServiceError::NotFound(format!(
+                        "collection {base:?} does not exist"
+                    )))
+                }
             }
         }
     }
@@ -339,20 +382,21 @@ impl Service {
     ) -> Result<ReembedResponse, ServiceError> {
         let (base, _) = parse_public(name)?;
         let (mut versions, current) = self.versions_of(tenant, base).await?;
-        if version == current {
+        let from = request.from.unwrap_or(current);
+        if version == from {
             return Err(ServiceError::Invalid {
                 code: "invalid_version",
                 message: format!(
-                    "version {version} is the current one: re-embed into a new version"
+                    "version {version} is the one re-embedded from: re-embed into another version"
                 ),
             });
         }
         let target = versions.remove(&version).ok_or_else(|| {
             ServiceError::NotFound(format!("collection {base:?} has no version {version}"))
         })?;
-        let source = versions
-            .remove(&current)
-            .expect("the current version exists");
+        let source = versions.remove(&from).ok_or_else(|| {
+            ServiceError::NotFound(format!("collection {base:?} has no version {from}"))
+        })?;
         if target.meta().key_id != source.meta().key_id {
             return Err(ServiceError::Invalid {
                 code: "key_mismatch",
@@ -387,7 +431,10 @@ impl Service {
             return Ok(out);
         }
         let engine = &self.models_for(target.meta())?.engine;
-        // The documents of this page whose copy in the version differs.
+        // The documents of this page whose copy in the version is missing or
+        // older: copies keep their write numbers, and a document written
+        // anew (into either version) gets a higher one, so a copy as new as
+        // its source, or newer (written after a switch), is left alone.
         let (s, t, after) = (source.clone(), target.clone(), request.after.clone());
         let (stale, examined, next) = self
             .blocking(move || {
@@ -396,9 +443,10 @@ impl Service {
                 for d in &docs {
                     let copy = t.document(&d.doc_id)?;
                     if copy.as_ref().is_some_and(|c| {
-                        c.content_hash == d.content_hash
-                            && c.chunks == d.chunks
-                            && c.first_seq == d.first_seq
+                        c.first_seq > d.first_seq
+                            || (c.first_seq == d.first_seq
+                                && c.content_hash == d.content_hash
+                                && c.chunks == d.chunks)
                     }) {
                         continue;
                     }
@@ -411,15 +459,32 @@ impl Service {
             })
             .await
             .map_err(cursor_error)?;
+        // Stored ids are checked like uploaded ones: another encoder may
+        // have another vocabulary or window.
+        let facts = engine.facts();
+        for (d, chunks) in &stale {
+            for c in chunks {
+                let ids = c.encoder_ids.ids();
+                if ids.len() > facts.encoder_max_tokens
+                    || ids.iter().any(|&i| i as usize >= facts.encoder_vocab)
+                {
+                    return Err(ServiceError::Invalid {
+                        code: "encoder_mismatch",
+                        message: format!(
+                            "document {} holds ids this version's encoder cannot take (its vocabulary is {} ids, its window {} tokens): an encoder with another tokenizer needs the documents uploaded again",
+                            d.doc_id, facts.encoder_vocab, facts.encoder_max_tokens
+                        ),
+                    });
+                }
+            }
+        }
         let seqs: Vec<Vec<u32>> = stale
             .iter()
             .flat_map(|(_, chunks)| chunks.iter().map(|c| c.encoder_ids.ids().to_vec()))
             .collect();
         let mut vectors = engine.embed(seqs).await?.into_iter();
-        let mut seen = HashSet::new();
         let docs: Vec<NewDocument> = stale
             .into_iter()
-            .filter(|(d, _)| seen.insert(d.doc_id.clone()))
             .map(|(d, chunks)| NewDocument {
                 doc_id: d.doc_id,
                 content_hash: d.content_hash,

@@ -86,7 +86,8 @@ pub struct VersionList {
 /// re-embedding. The host re-embeds the stored encrypted ids of a page of
 /// the current version's documents with the version's encoder and writes
 /// them (ids, metadata and write order unchanged) into the version,
-/// skipping documents already there with the same content. Idempotent, so
+/// skipping documents whose copy there is as new (by write order) or newer.
+/// Idempotent, so
 /// a job resumes from its last cursor.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,6 +102,11 @@ pub struct ReembedRequest {
     /// documents per step.
     #[serde(default)]
     pub prune: bool,
+    /// The version to re-embed from [default: the current one]. After a
+    /// switch, a job catches up from the version it switched away from
+    /// into the (now current) new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u32>,
 }
 
 /// What one re-embedding step did.

@@ -376,6 +376,9 @@ fn print_reports(what: &str, reports: &[CollectionReport], json: bool) -> Result
                 String::new()
             }
         );
+        if !r.aliases.is_empty() {
+            println!("  {} serves as {}", r.name, r.aliases.join(", "));
+        }
     }
     Ok(())
 }

@@ -78,6 +78,9 @@ pub struct CollectionReport {
     pub vectors_verified: usize,
     /// Chunks sampled.
     pub sampled: usize,
+    /// Aliases naming this collection (the name a rebuilt version serves
+    /// under), set on the target too.
+    pub aliases: Vec<String>,
 }
 
 impl CollectionReport {
@@ -221,6 +224,14 @@ pub fn migrate(
             progress,
         )?;
         reports.push(report);
+    }
+    // The names that serve a rebuilt version go along with it, set after
+    // the data is there (aliases are cheap to set again on a rerun).
+    for (alias, target) in from.aliases()? {
+        if let Some(r) = reports.iter_mut().find(|r| r.name == target) {
+            to.set_alias(&alias, Some(&target))?;
+            r.aliases.push(alias);
+        }
     }
     // Everything copied and verified: the checkpoint has served.
     let _ = std::fs::remove_file(&options.checkpoint);
@@ -538,6 +549,8 @@ mod tests {
         assert_eq!(partial, state.done_chunks);
         assert!(partial > 0 && partial < source.count().unwrap());
 
+        // A name serving the collection (as after a re-embedding) goes along.
+        from.set_alias("t.served", Some("t.docs")).unwrap();
         // Resumed: the rest is copied, nothing twice, and the copy is exact,
         // write numbers included.
         let mut last = None;
@@ -553,6 +566,12 @@ mod tests {
         );
         assert_eq!(last, Some(r.source_chunks));
         assert!(!options.checkpoint.exists());
+        assert_eq!(r.aliases, vec!["t.served".to_string()]);
+        assert_eq!(
+            to.collection("t.served").unwrap().meta().name,
+            "t.docs",
+            "the alias resolves in the target"
+        );
         let target = to.collection("t.docs").unwrap();
         let (a, b) = (all_chunks(source.as_ref()), all_chunks(target.as_ref()));
         assert_eq!(a.len(), b.len());

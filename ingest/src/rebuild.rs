@@ -139,6 +139,17 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Refuses a checkpoint written by another job.
+fn same_job(path: &Path, found: &str, expected: &str) -> Result<()> {
+    if found == expected {
+        return Ok(());
+    }
+    Err(checkpoint_err(
+        path,
+        format!("belongs to another job ({found}); remove it or pass another --checkpoint"),
+    ))
+}
+
 fn checkpoint_err(path: &Path, message: impl std::fmt::Display) -> RebuildError {
     RebuildError::Checkpoint {
         path: path.to_path_buf(),
@@ -272,15 +283,7 @@ pub fn reembed(
             let state: ReembedCheckpoint = serde_json::from_slice(&bytes).map_err(|e| {
                 checkpoint_err(path, format!("unreadable ({e}); remove it to start over"))
             })?;
-            if state.route != route {
-                return Err(checkpoint_err(
-                    path,
-                    format!(
-                        "belongs to another job ({}); remove it or pass another --checkpoint",
-                        state.route
-                    ),
-                ));
-            }
+            same_job(path, &state.route, &route)?;
             state
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => ReembedCheckpoint {
@@ -472,15 +475,7 @@ impl RekeyLog {
         let header: RekeyHeader = serde_json::from_str(&first).map_err(|e| {
             checkpoint_err(path, format!("unreadable ({e}); remove it to start over"))
         })?;
-        if header.route != route {
-            return Err(checkpoint_err(
-                path,
-                format!(
-                    "belongs to another job ({}); remove it or pass another --checkpoint",
-                    header.route
-                ),
-            ));
-        }
+        same_job(path, &header.route, route)?;
         let mut done = BTreeMap::new();
         for line in lines {
             let line = line.map_err(|e| checkpoint_err(path, e))?;

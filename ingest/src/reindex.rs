@@ -150,15 +150,8 @@ impl Checkpoint {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
-        let tmp = path.with_extension("tmp");
         let bytes = serde_json::to_vec_pretty(self).expect("a checkpoint serialises");
-        {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&tmp).map_err(bad)?;
-            file.write_all(&bytes).map_err(bad)?;
-            file.sync_all().map_err(bad)?;
-        }
-        std::fs::rename(&tmp, path).map_err(bad)
+        crate::rebuild::write_atomic(path, &bytes).map_err(bad)
     }
 }
 

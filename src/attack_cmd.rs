@@ -600,7 +600,7 @@ fn run_weight_match(args: &WeightMatchArgs) -> Result<()> {
             ),
             Vocab::Generator => (
                 weight_match::generator_table(&models.generator_gguf())?,
-                weight_match::generator_table(&host.generator_gguf())?,
+                weight_match::generator_table(&host.generator_path())?,
             ),
         };
         let load_seconds = start.elapsed().as_secs_f64();

@@ -33,6 +33,16 @@ pub struct BenchArgs {
     /// Tokens decoded per generator round.
     #[arg(long, default_value_t = 64)]
     decode_tokens: usize,
+    /// Generations decoded together in the batched-decode rows (the
+    /// server's continuous batching); 1 skips them.
+    #[arg(long, default_value_t = 8)]
+    decode_batch: usize,
+    /// The public generator to measure: a GGUF, or a safetensors folder from
+    /// `eerag models export-generator` [default: the models folder's GGUF].
+    #[arg(long)]
+    generator: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    device: crate::DeviceArgs,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -201,6 +211,51 @@ pub(crate) fn run_generator(
     Ok((prefill, started.elapsed().as_secs_f64(), tokens))
 }
 
+/// `batch` generations of `prompt`: each prompt prefilled alone, then all
+/// decoded together by [`Generator::step`]; (decode seconds, each one's tokens).
+fn run_generator_batch(
+    gen: &Generator,
+    prompt: &[u32],
+    batch: usize,
+    decode: usize,
+) -> Result<(f64, Vec<Vec<u32>>)> {
+    let mut sessions: Vec<_> = (0..batch).map(|_| gen.session()).collect();
+    let mut next: Vec<u32> = Vec::with_capacity(batch);
+    for s in &mut sessions {
+        next.push(eerag_shared::sampling::argmax(&s.feed(prompt)?));
+    }
+    let mut tokens = vec![Vec::with_capacity(decode); batch];
+    let started = Instant::now();
+    for _ in 0..decode {
+        for (t, &n) in tokens.iter_mut().zip(&next) {
+            t.push(n);
+        }
+        let mut refs: Vec<_> = sessions.iter_mut().collect();
+        let logits = gen.step(&mut refs, &next)?;
+        next = logits
+            .iter()
+            .map(|l| eerag_shared::sampling::argmax(l))
+            .collect();
+    }
+    Ok((started.elapsed().as_secs_f64(), tokens))
+}
+
+/// Bytes of a file, or of the files in a folder.
+fn file_bytes(path: &std::path::Path) -> u64 {
+    if path.is_dir() {
+        std::fs::read_dir(path)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    } else {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
 /// Runs the benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
     ensure!(args.rounds > 0, "--rounds must be at least 1");
@@ -247,7 +302,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             },
         );
     }
-    let pair = Pair::prepare(&models)?;
+    let device = args.device.select()?;
+    let generator_base = args
+        .generator
+        .clone()
+        .unwrap_or_else(|| models.generator_gguf());
+    let pair = Pair::prepare_on(&models, &generator_base, &device)?;
     let c = &pair.sides.cipher;
 
     let plain_seqs = encoder_workload(&pair, args.sentences, args.sentence_tokens)?;
@@ -317,9 +377,64 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ensure!(outs[0] == outs[1], "encrypted and plaintext tokens differ");
     }
 
+    // Batched decode: `decode_batch` copies of the prompt, prefilled one by
+    // one, then decoded together; each must produce the batch-1 tokens.
+    let batch = args.decode_batch;
+    let mut batch_t = Timing::new();
+    if batch > 1 {
+        let alone = run_generator(&pair.sides.plain_generator, &prompt, args.decode_tokens)?.2;
+        for round in 0..args.rounds {
+            let mut outs = [Vec::new(), Vec::new()];
+            for side in [round % 2, 1 - round % 2] {
+                if side == 0 {
+                    let (secs, toks) = run_generator_batch(
+                        &pair.sides.plain_generator,
+                        &prompt,
+                        batch,
+                        args.decode_tokens,
+                    )?;
+                    batch_t.plain.push(secs);
+                    outs[0] = toks;
+                } else {
+                    let (secs, toks) = run_generator_batch(
+                        &pair.sides.host_generator,
+                        enc_prompt.ids(),
+                        batch,
+                        args.decode_tokens,
+                    )?;
+                    batch_t.encrypted.push(secs);
+                    outs[1] = toks
+                        .iter()
+                        .map(|t| c.generator_permutation().invert_all(t))
+                        .collect::<Result<_, _>>()?;
+                }
+            }
+            ensure!(
+                outs[0] == outs[1],
+                "encrypted and plaintext batched tokens differ"
+            );
+            if !device.is_cuda() {
+                // On the CPU every row is computed as it is alone.
+                ensure!(
+                    outs[0].iter().all(|t| *t == alone),
+                    "batched tokens differ from batch-1 tokens"
+                );
+            }
+        }
+    }
+
     let encoder = enc_t.figures(args.sentences as f64);
     let prefill = prefill_t.figures(prompt.len() as f64);
     let decode = decode_t.figures(args.decode_tokens as f64);
+    let batched = (batch > 1).then(|| batch_t.figures((batch * args.decode_tokens) as f64));
+    // Time to first token: the prompt's prefill plus choosing the token.
+    let ttft_ms = |t: &[f64]| median(t.to_vec()) * 1e3;
+    let device_name = eerag_shared::device::ChosenDevice {
+        device: device.clone(),
+        asked: args.device.device,
+        fallback: None,
+    }
+    .describe();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -332,7 +447,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         prefill_json["prompt_tokens"] = json!(prompt.len());
         let mut decode_json = decode.json("tokens");
         decode_json["tokens"] = json!(args.decode_tokens);
+        prefill_json["plaintext_ttft_ms"] = json!(ttft_ms(&prefill_t.plain));
+        prefill_json["encrypted_ttft_ms"] = json!(ttft_ms(&prefill_t.encrypted));
+        let batched_json = batched.as_ref().map(|b| {
+            let mut j = b.json("tokens");
+            j["batch"] = json!(batch);
+            j["tokens_per_generation"] = json!(args.decode_tokens);
+            j
+        });
         let out = json!({
+            "device": device_name,
+            "generator": generator_base.display().to_string(),
+            "generator_bytes": file_bytes(&generator_base),
+            "generator_decode_batched": batched_json,
             "threads": threads,
             "rounds": args.rounds,
             "transform_seconds": pair.transform_secs,
@@ -344,7 +471,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
-            "eerag bench: {threads} threads, {} rounds, medians (transform took {:.1} s)",
+            "eerag bench: {device_name}, {threads} threads, {} rounds, medians (transform took {:.1} s)",
             args.rounds, pair.transform_secs
         );
         println!("| work | plaintext | encrypted | ratio (min–max over rounds) |");
@@ -358,6 +485,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("{}", prefill.row(&prefill_work, "tokens"));
         let decode_work = format!("generator greedy decode, {} tokens", args.decode_tokens);
         println!("{}", decode.row(&decode_work, "tokens"));
+        if let Some(b) = &batched {
+            let work = format!(
+                "generator batched decode, {batch} generations × {} tokens",
+                args.decode_tokens
+            );
+            println!("{}", b.row(&work, "tokens"));
+        }
+        println!(
+            "time to first token: plaintext {:.0} ms, encrypted {:.0} ms",
+            ttft_ms(&prefill_t.plain),
+            ttft_ms(&prefill_t.encrypted)
+        );
         println!("generated tokens identical in every round: true");
     }
     Ok(())

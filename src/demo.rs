@@ -29,7 +29,12 @@ const COLLECTION: &str = "sample";
 /// Runs the demo; `questions` replace the default ones when given. The
 /// working files go to `keep` when given, else to a temporary folder that
 /// is removed at the end.
-pub fn run(models: &ModelsArg, questions: &[String], keep: Option<&Path>) -> Result<()> {
+pub fn run(
+    models: &ModelsArg,
+    questions: &[String],
+    keep: Option<&Path>,
+    device: eerag_shared::device::DeviceChoice,
+) -> Result<()> {
     let started = Instant::now();
     let dir = models.resolve();
     fetch::fetch(&dir, |line| eprintln!("{line}"))?;
@@ -74,7 +79,10 @@ pub fn run(models: &ModelsArg, questions: &[String], keep: Option<&Path>) -> Res
 
     // Host side: holds the artifacts and the store, never the key.
     let t = Instant::now();
-    let server = BackgroundServer::start(ServeConfig::local(artifacts, work.join("host-data")))?;
+    let server = BackgroundServer::start(ServeConfig {
+        device,
+        ..ServeConfig::local(artifacts, work.join("host-data"))
+    })?;
     println!(
         "2. started a host at {} on the embedded store ({:.1} s); it has no key and no tokenizer",
         server.url(),

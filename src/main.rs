@@ -61,7 +61,8 @@ enum Command {
         /// Base encoder directory [default: <models>/all-MiniLM-L6-v2].
         #[arg(long)]
         encoder: Option<PathBuf>,
-        /// Base generator GGUF [default: <models>/SmolLM2-135M-Instruct.Q4_1.gguf].
+        /// Base generator: a GGUF file, or a safetensors folder (`models
+        /// export-generator`) [default: <models>/SmolLM2-135M-Instruct.Q4_1.gguf].
         #[arg(long)]
         generator: Option<PathBuf>,
         #[command(flatten)]
@@ -82,6 +83,8 @@ enum Command {
         /// instead of a temporary one.
         #[arg(long)]
         keep: Option<PathBuf>,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Retrieval quality (nDCG@10, recall@100, MRR@10) of the encrypted
     /// pipeline and of the plaintext one, on a BEIR-format dataset.
@@ -122,6 +125,45 @@ enum ModelsAction {
         #[command(flatten)]
         models: ModelsArg,
     },
+    /// Write the base generator (GGUF) as a Hugging Face safetensors folder
+    /// in f32, f16 or bf16: the dense weights a GPU host runs. Pass the
+    /// folder to `eerag transform --generator`.
+    ExportGenerator {
+        #[command(flatten)]
+        models: ModelsArg,
+        /// The GGUF to export [default: the models folder's generator].
+        #[arg(long)]
+        gguf: Option<PathBuf>,
+        /// Weight dtype: f32, f16 or bf16.
+        #[arg(long, default_value = "f16")]
+        dtype: String,
+        /// Output folder (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Where the models run, shared by the commands that run them.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArgs {
+    /// auto (a GPU when this binary has CUDA and one answers, else the CPU),
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: eerag_shared::device::DeviceChoice,
+}
+
+impl DeviceArgs {
+    /// Resolves `--device`, printing the choice on stderr.
+    pub fn select(&self) -> Result<candle_core::Device> {
+        let chosen = eerag_shared::device::select(self.device)?;
+        eprintln!("models run on {}", chosen.describe());
+        Ok(chosen.device)
+    }
+}
+
+/// Parses an optional `f32`/`f16`/`bf16` flag.
+pub fn parse_dtype(s: Option<&str>) -> Result<Option<candle_core::DType>> {
+    Ok(s.map(eerag_shared::convert::parse_dtype).transpose()?)
 }
 
 /// The models folder option shared by subcommands.
@@ -185,6 +227,28 @@ fn main() -> Result<()> {
                 report.already_present.len()
             );
         }
+        Command::Models {
+            action:
+                ModelsAction::ExportGenerator {
+                    models,
+                    gguf,
+                    dtype,
+                    out,
+                },
+        } => {
+            let gguf = gguf.unwrap_or_else(|| models.resolve().generator_gguf());
+            let dtype = eerag_shared::convert::parse_dtype(&dtype)?;
+            let started = std::time::Instant::now();
+            let export = eerag_shared::convert::export_generator(&gguf, &out, dtype)
+                .with_context(|| format!("exporting {}", gguf.display()))?;
+            println!(
+                "wrote {} ({} tensors, {:.1} MB of {dtype:?} weights) in {:.1} s",
+                out.display(),
+                export.tensors,
+                export.bytes as f64 / 1e6,
+                started.elapsed().as_secs_f64()
+            );
+        }
         Command::Keygen { out, force } => {
             let key = Key::generate()?;
             key.save(&out, force)?;
@@ -222,7 +286,8 @@ fn main() -> Result<()> {
             models,
             question,
             keep,
-        } => demo::run(&models, &question, keep.as_deref())?,
+            device,
+        } => demo::run(&models, &question, keep.as_deref(), device.device)?,
         Command::Eval(args) => eval_cmd::run(&args)?,
         Command::Bench(args) => bench::run(&args)?,
         Command::Attack(args) => attack_cmd::run(&args)?,

@@ -46,6 +46,19 @@ pub struct ServeArgs {
     /// Generations queued or running before new ones get 503.
     #[arg(long, default_value_t = 8)]
     generate_queue: usize,
+    /// Generations decoded together (continuous batching: one token each
+    /// per step, in one pass over the weights).
+    #[arg(long, default_value_t = 8)]
+    generate_batch: usize,
+    #[command(flatten)]
+    device: crate::DeviceArgs,
+    /// Encoder compute dtype: f32 or f16 [default: the weights' own].
+    #[arg(long)]
+    encoder_dtype: Option<String>,
+    /// Compute dtype of a safetensors generator: f32, f16 or bf16
+    /// [default: the weights' own; a GGUF keeps its quantization].
+    #[arg(long)]
+    generator_dtype: Option<String>,
     /// Skip hashing the artifacts against their manifest at start-up.
     #[arg(long)]
     no_verify: bool,
@@ -90,7 +103,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
             embed_batch: args.embed_batch.max(1),
             embed_queue: args.embed_queue.max(1),
             generate_queue: args.generate_queue.max(1),
+            generate_batch: args.generate_batch.max(1),
         },
+        device: args.device.device,
+        encoder_dtype: crate::parse_dtype(args.encoder_dtype.as_deref())?,
+        generator_dtype: crate::parse_dtype(args.generator_dtype.as_deref())?,
         limits: ServiceLimits::default(),
         optimize_every: Duration::from_secs(60),
     };

@@ -51,13 +51,24 @@ impl Pair {
     /// Generates a key, transforms the models into a temporary directory and
     /// loads both sides on the CPU.
     pub fn prepare(models: &ModelsDir) -> Result<Self> {
+        Self::prepare_on(models, &models.generator_gguf(), &Device::Cpu)
+    }
+
+    /// As [`Pair::prepare`], with the public generator at `generator_base`
+    /// (GGUF or safetensors folder) and both sides on `device`.
+    pub fn prepare_on(
+        models: &ModelsDir,
+        generator_base: &std::path::Path,
+        device: &Device,
+    ) -> Result<Self> {
         let key = Key::generate()?;
         let artifacts_dir = tempfile::tempdir()?;
-        let (sides, _, transform_secs) = SideBySide::transform_and_load(
+        let (sides, _, transform_secs) = SideBySide::transform_and_load_with(
             &key,
             models,
+            generator_base,
             &artifacts_dir.path().join("artifacts"),
-            &Device::Cpu,
+            device,
         )
         .context("transforming and loading the models")?;
         Ok(Self {

@@ -6,8 +6,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use candle_core::Device;
-use eerag_shared::models::{Encoder, GenerationOptions, Generator, StopReason};
+use candle_core::{DType, Device};
+use eerag_shared::models::{Decoding, Encoder, GenerationOptions, Generator, Session, StopReason};
 use eerag_shared::transform::HostArtifacts;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -33,6 +33,8 @@ pub struct EngineLimits {
     pub embed_queue: usize,
     /// Generations waiting or running before new ones get 503.
     pub generate_queue: usize,
+    /// Generations decoded together, one token each per step.
+    pub generate_batch: usize,
 }
 
 impl Default for EngineLimits {
@@ -41,6 +43,35 @@ impl Default for EngineLimits {
             embed_batch: 32,
             embed_queue: 64,
             generate_queue: 8,
+            generate_batch: 8,
+        }
+    }
+}
+
+/// Where and how the models run.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// The device of both models.
+    pub device: Device,
+    /// The encoder's compute dtype (`None`: the weights' own).
+    pub encoder_dtype: Option<DType>,
+    /// A safetensors generator's compute dtype (`None`: the weights' own;
+    /// GGUF generators keep their quantization).
+    pub generator_dtype: Option<DType>,
+}
+
+impl Placement {
+    /// Both models on the CPU in their own dtypes.
+    pub fn cpu() -> Self {
+        Self::on(Device::Cpu)
+    }
+
+    /// Both models on `device` in their own dtypes.
+    pub fn on(device: Device) -> Self {
+        Self {
+            device,
+            encoder_dtype: None,
+            generator_dtype: None,
         }
     }
 }
@@ -91,17 +122,24 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads the host artifacts' encoder and generator onto `device` and
-    /// starts their workers.
+    /// Loads the host artifacts' encoder and generator as `placement` says
+    /// and starts their workers.
     pub fn start(
         artifacts: &HostArtifacts,
-        device: &Device,
+        placement: &Placement,
         limits: EngineLimits,
         metrics: Arc<Metrics>,
     ) -> Result<Self, EngineError> {
         let model = |e: eerag_shared::EeError| EngineError::Model(e.to_string());
-        let encoder = Encoder::load(&artifacts.encoder_dir(), device).map_err(model)?;
-        let generator = Generator::load(&artifacts.generator_gguf(), device).map_err(model)?;
+        let device = &placement.device;
+        let encoder = Encoder::load_as(&artifacts.encoder_dir(), placement.encoder_dtype, device)
+            .map_err(model)?;
+        let generator = Generator::load_as(
+            &artifacts.generator_path(),
+            placement.generator_dtype,
+            device,
+        )
+        .map_err(model)?;
         let facts = ModelFacts {
             encoder_vocab: encoder.vocab_size(),
             encoder_max_tokens: encoder.max_tokens(),
@@ -123,9 +161,10 @@ impl Engine {
         let (generate_tx, generate_rx) = mpsc::channel(limits.generate_queue.max(1));
         {
             let metrics = metrics.clone();
+            let batch = limits.generate_batch.max(1);
             std::thread::Builder::new()
                 .name("eerag-generator".into())
-                .spawn(move || generate_worker(generator, generate_rx, metrics))
+                .spawn(move || generate_worker(generator, generate_rx, batch, metrics))
                 .map_err(|e| EngineError::Model(format!("cannot start generator thread: {e}")))?;
         }
         Ok(Self {
@@ -277,25 +316,144 @@ fn embed_worker(
     }
 }
 
+/// One generation in the batch: its session, token choice and listener.
+struct Running {
+    job: GenerateJob,
+    session: Session,
+    decoding: Decoding,
+    /// The token chosen last, fed at the next step.
+    next: u32,
+}
+
+/// Continuous batching: new generations run their prompt and join the batch;
+/// every step feeds each running generation its last token in one pass over
+/// the weights, so a step for `b` generations costs about one for one while
+/// decoding is bound by reading the weights (the GPU case). Ended or
+/// cancelled generations leave at once.
 fn generate_worker(
     generator: Generator,
     mut rx: mpsc::Receiver<GenerateJob>,
+    batch: usize,
     metrics: Arc<Metrics>,
 ) {
-    while let Some(job) = rx.blocking_recv() {
-        let mut session = generator.session();
-        let events = job.events.clone();
-        metrics.add_prompt_tokens(job.prompt.len());
-        let result = session.generate(&job.prompt, &job.options, |id| {
-            metrics.add_generated_tokens(1);
-            // A closed channel means the client went away: stop generating.
-            events.blocking_send(GenerationEvent::Token(id)).is_ok()
-        });
-        let last = match result {
-            Ok(generation) => GenerationEvent::Done(generation.stop),
-            Err(e) => GenerationEvent::Failed(e.to_string()),
+    let mut running: Vec<Running> = Vec::new();
+    loop {
+        // Admit new generations: wait for one when idle, else take what is
+        // already queued, up to the batch size.
+        while running.len() < batch {
+            let job = if running.is_empty() {
+                match rx.blocking_recv() {
+                    Some(job) => job,
+                    None => return,
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            };
+            if let Some(r) = start_generation(&generator, job, &metrics) {
+                running.push(r);
+            }
+        }
+        if running.is_empty() {
+            continue;
+        }
+        let ids: Vec<u32> = running.iter().map(|r| r.next).collect();
+        let result = {
+            let mut sessions: Vec<&mut Session> =
+                running.iter_mut().map(|r| &mut r.session).collect();
+            generator.step(&mut sessions, &ids)
         };
-        let _ = job.events.blocking_send(last);
-        drop(job._permit);
+        metrics.observe_decode_step();
+        match result {
+            Ok(logits) => {
+                let mut still = Vec::with_capacity(running.len());
+                for (mut r, logits) in running.drain(..).zip(logits) {
+                    if advance(&mut r, &logits, &metrics) {
+                        still.push(r);
+                    }
+                }
+                running = still;
+            }
+            Err(e) => {
+                // A failed step fails every generation in it (their caches may
+                // be half updated); the worker goes on with new ones.
+                for r in running.drain(..) {
+                    let _ = r
+                        .job
+                        .events
+                        .blocking_send(GenerationEvent::Failed(e.to_string()));
+                }
+            }
+        }
     }
+}
+
+/// Runs a new generation's prompt and chooses its first token; `None` when it
+/// has already ended (or failed), its final event sent.
+fn start_generation(generator: &Generator, job: GenerateJob, metrics: &Metrics) -> Option<Running> {
+    metrics.add_prompt_tokens(job.prompt.len());
+    let decoding = match Decoding::new(&job.options) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = job
+                .events
+                .blocking_send(GenerationEvent::Failed(e.to_string()));
+            return None;
+        }
+    };
+    if job.options.max_tokens == 0 {
+        let _ = job
+            .events
+            .blocking_send(GenerationEvent::Done(StopReason::MaxTokens));
+        return None;
+    }
+    let mut session = generator.session();
+    let logits = match session.feed(&job.prompt) {
+        Ok(logits) => logits,
+        Err(e) => {
+            let _ = job
+                .events
+                .blocking_send(GenerationEvent::Failed(e.to_string()));
+            return None;
+        }
+    };
+    let mut r = Running {
+        job,
+        session,
+        decoding,
+        next: 0,
+    };
+    advance(&mut r, &logits, metrics).then_some(r)
+}
+
+/// Chooses `r`'s next token from `logits` and sends it; false when the
+/// generation has ended (its final event sent) or its listener went away.
+fn advance(r: &mut Running, logits: &[f32], metrics: &Metrics) -> bool {
+    let (next, stop) = match r.decoding.choose(logits, &r.session) {
+        Ok(choice) => choice,
+        Err(e) => {
+            let _ = r
+                .job
+                .events
+                .blocking_send(GenerationEvent::Failed(e.to_string()));
+            return false;
+        }
+    };
+    metrics.add_generated_tokens(1);
+    // A closed channel means the client went away: stop generating.
+    if r.job
+        .events
+        .blocking_send(GenerationEvent::Token(next))
+        .is_err()
+    {
+        return false;
+    }
+    if let Some(stop) = stop {
+        let _ = r.job.events.blocking_send(GenerationEvent::Done(stop));
+        return false;
+    }
+    r.next = next;
+    true
 }

@@ -45,6 +45,7 @@ pub struct Metrics {
     prompt_tokens: AtomicU64,
     embedded_sequences: AtomicU64,
     embed_batches: AtomicU64,
+    decode_steps: AtomicU64,
     chunks_written: AtomicU64,
 }
 
@@ -90,6 +91,11 @@ impl Metrics {
         self.embedded_sequences
             .fetch_add(sequences as u64, Ordering::Relaxed);
         self.embed_batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one batched decode step (one token for each running generation).
+    pub fn observe_decode_step(&self) {
+        self.decode_steps.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts chunks written to a store.
@@ -153,6 +159,12 @@ impl Metrics {
             "eerag_embedded_sequences_total",
             "Sequences embedded by the encoder.",
             load(&self.embedded_sequences),
+        );
+        counter(
+            &mut out,
+            "eerag_decode_steps_total",
+            "Batched generator decode steps (each feeds every running generation one token).",
+            load(&self.decode_steps),
         );
         counter(
             &mut out,

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::Device;
+use candle_core::DType;
 use eerag_ingest::edge_store::Recovery;
 use eerag_ingest::StoreSpec;
+use eerag_shared::device::{self, DeviceChoice};
 use eerag_shared::transform::HostArtifacts;
 use eerag_shared::KeyId;
 use tokio::net::TcpListener;
@@ -16,7 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::api::{router, AppState};
 use crate::auth::Auth;
-use crate::engine::{Engine, EngineLimits};
+use crate::engine::{Engine, EngineLimits, Placement};
 use crate::metrics::Metrics;
 use crate::service::{ServedModels, Service, ServiceLimits};
 
@@ -40,6 +41,8 @@ pub enum ServeError {
     OpenWithoutKeys(SocketAddr),
     #[error("{0}: these artifacts are for a key and encoder already loaded")]
     DuplicateArtifacts(PathBuf),
+    #[error("device: {0}")]
+    Device(eerag_shared::EeError),
 }
 
 /// Default bound on API requests handled at once.
@@ -64,6 +67,12 @@ pub struct ServeConfig {
     /// API requests handled at once; more get 503 + Retry-After.
     pub max_in_flight: usize,
     pub engine: EngineLimits,
+    /// Where the models run.
+    pub device: DeviceChoice,
+    /// Compute dtypes of the encoder and of a safetensors generator (`None`:
+    /// the weights' own).
+    pub encoder_dtype: Option<DType>,
+    pub generator_dtype: Option<DType>,
     pub limits: ServiceLimits,
     /// How often the store's optimiser runs.
     pub optimize_every: Duration,
@@ -83,6 +92,9 @@ impl ServeConfig {
             max_body_bytes: 64 << 20,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             engine: EngineLimits::default(),
+            device: DeviceChoice::Auto,
+            encoder_dtype: None,
+            generator_dtype: None,
             limits: ServiceLimits::default(),
             optimize_every: Duration::from_secs(60),
         }
@@ -132,6 +144,13 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         return Err(ServeError::OpenWithoutKeys(config.listen));
     }
     let metrics = Arc::new(Metrics::default());
+    let chosen = device::select(config.device).map_err(ServeError::Device)?;
+    tracing::info!(device = %chosen.describe(), "models run on");
+    let placement = Placement {
+        device: chosen.device.clone(),
+        encoder_dtype: config.encoder_dtype,
+        generator_dtype: config.generator_dtype,
+    };
     let mut models: Vec<ServedModels> = Vec::new();
     for dir in std::iter::once(&config.artifacts).chain(&config.more_artifacts) {
         let artifacts = {
@@ -150,8 +169,9 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         }
         let engine = {
             let (limits, metrics) = (config.engine.clone(), metrics.clone());
+            let placement = placement.clone();
             tokio::task::spawn_blocking(move || {
-                Engine::start(&artifacts, &Device::Cpu, limits, metrics)
+                Engine::start(&artifacts, &placement, limits, metrics)
             })
             .await
             .expect("model loading does not panic")?

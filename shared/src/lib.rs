@@ -6,6 +6,8 @@
 //! token ids), [`transform::HostArtifacts`] and the models in [`models`].
 
 pub mod client;
+pub mod convert;
+pub mod device;
 pub mod error;
 pub mod gguf;
 pub mod hash;

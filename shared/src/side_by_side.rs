@@ -41,6 +41,20 @@ impl SideBySide {
         artifacts: &HostArtifacts,
         device: &Device,
     ) -> Result<Self> {
+        Self::load_with(key, models, &models.generator_gguf(), artifacts, device)
+    }
+
+    /// As [`SideBySide::load`], with the public generator at
+    /// `generator_base` (a GGUF or a safetensors folder of the models
+    /// folder's generator, e.g. from `eerag models export-generator`; the
+    /// tokenizer still comes from the models folder's GGUF).
+    pub fn load_with(
+        key: &Key,
+        models: &ModelsDir,
+        generator_base: &Path,
+        artifacts: &HostArtifacts,
+        device: &Device,
+    ) -> Result<Self> {
         if artifacts.key_id() != key.id() {
             return Err(EeError::KeyMismatch {
                 expected: key.id().to_string(),
@@ -49,8 +63,8 @@ impl SideBySide {
         }
         let plain_encoder = Encoder::load(&models.encoder_dir(), device)?;
         let host_encoder = Encoder::load(&artifacts.encoder_dir(), device)?;
-        let plain_generator = Generator::load(&models.generator_gguf(), device)?;
-        let host_generator = Generator::load(&artifacts.generator_gguf(), device)?;
+        let plain_generator = Generator::load(generator_base, device)?;
+        let host_generator = Generator::load(&artifacts.generator_path(), device)?;
         let m = artifacts.manifest();
         for (vocab, expected, found) in [
             ("encoder", m.encoder.vocab_size, plain_encoder.vocab_size()),
@@ -95,17 +109,23 @@ impl SideBySide {
         out: &Path,
         device: &Device,
     ) -> Result<(Self, HostArtifacts, f64)> {
+        Self::transform_and_load_with(key, models, &models.generator_gguf(), out, device)
+    }
+
+    /// As [`SideBySide::transform_and_load`], with the public generator at
+    /// `generator_base` (see [`SideBySide::load_with`]).
+    pub fn transform_and_load_with(
+        key: &Key,
+        models: &ModelsDir,
+        generator_base: &Path,
+        out: &Path,
+        device: &Device,
+    ) -> Result<(Self, HostArtifacts, f64)> {
         let started = std::time::Instant::now();
-        crate::transform::transform(
-            key,
-            &models.encoder_dir(),
-            &models.generator_gguf(),
-            out,
-            false,
-        )?;
+        crate::transform::transform(key, &models.encoder_dir(), generator_base, out, false)?;
         let secs = started.elapsed().as_secs_f64();
         let artifacts = HostArtifacts::open(out, true)?;
-        let sides = Self::load(key, models, &artifacts, device)?;
+        let sides = Self::load_with(key, models, generator_base, &artifacts, device)?;
         Ok((sides, artifacts, secs))
     }
 }

@@ -8,6 +8,11 @@
 //! encoder/model.safetensors  word-embedding rows permuted by π_enc, plus `eerag.rotation` = R
 //! generator/model.gguf       token-embedding (and output) rows permuted by π_gen; no tokenizer
 //! ```
+//! or, for a safetensors generator (f32/f16/bf16, the GPU format):
+//! ```text
+//! generator/config.json        the base config, marked as transformed
+//! generator/model.safetensors  embed_tokens (and lm_head) rows permuted by π_gen
+//! ```
 //! No tokenizer and no key material beyond the permuted weights is written.
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +26,7 @@ use crate::gguf;
 use crate::hash::sha256_file;
 use crate::key::{Key, KeyId};
 use crate::models::encoder::{CONFIG_FILE, ROTATION_TENSOR, WEIGHTS_FILE};
+use crate::models::llama;
 
 /// Format tag of manifests written by this build.
 pub const MANIFEST_FORMAT: &str = "eerag-artifacts/1";
@@ -28,6 +34,11 @@ pub const MANIFEST_FORMAT: &str = "eerag-artifacts/1";
 pub const MANIFEST_FILE: &str = "manifest.json";
 const ENCODER_SUBDIR: &str = "encoder";
 const GENERATOR_FILE: &str = "generator/model.gguf";
+const GENERATOR_SUBDIR: &str = "generator";
+/// Marks a transformed safetensors generator's config, so it is never
+/// transformed twice (GGUF artifacts are recognised by their missing
+/// tokenizer).
+const TRANSFORMED_MARK: &str = "eerag_transformed";
 
 /// What the host needs to know about its artifacts; nothing in it is secret.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,6 +79,21 @@ pub struct GeneratorInfo {
     pub base_sha256: String,
     /// Whether the model has its own output head (else tied to the embedding).
     pub has_output_head: bool,
+    /// The weights' format (manifests from before safetensors support are GGUF).
+    #[serde(default)]
+    pub format: GeneratorFormat,
+}
+
+/// How a generator's weights are stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GeneratorFormat {
+    /// One GGUF file, usually quantized: the CPU format.
+    #[default]
+    Gguf,
+    /// A Hugging Face folder (`config.json`, `model.safetensors`) in
+    /// f32/f16/bf16: the GPU format.
+    Safetensors,
 }
 
 /// Writes the host artifacts for `key` into `out`. `out` must not exist or be
@@ -76,7 +102,7 @@ pub struct GeneratorInfo {
 pub fn transform(
     key: &Key,
     encoder_dir: &Path,
-    generator_gguf: &Path,
+    generator: &Path,
     out: &Path,
     overwrite: bool,
 ) -> Result<Manifest> {
@@ -118,7 +144,7 @@ pub fn transform(
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|e| EeError::io(&staging, e))?;
     }
-    let manifest = match write_artifacts(key, encoder_dir, generator_gguf, &staging) {
+    let manifest = match write_artifacts(key, encoder_dir, generator, &staging) {
         Ok(m) => m,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -148,37 +174,23 @@ pub fn transform(
 fn write_artifacts(
     key: &Key,
     encoder_dir: &Path,
-    generator_gguf: &Path,
+    generator_base: &Path,
     dir: &Path,
 ) -> Result<Manifest> {
     let enc_dir = dir.join(ENCODER_SUBDIR);
     std::fs::create_dir_all(&enc_dir).map_err(|e| EeError::io(&enc_dir, e))?;
     let encoder = transform_encoder(key, encoder_dir, &enc_dir)?;
 
-    let gen_path = dir.join(GENERATOR_FILE);
-    let gen_parent = gen_path.parent().expect("generator path has a parent");
-    std::fs::create_dir_all(gen_parent).map_err(|e| EeError::io(gen_parent, e))?;
-    let (content, _) = gguf::read(generator_gguf)?;
-    // Host artifacts have their tokenizer stripped: a GGUF without one is
-    // most likely transformed already, and permuting it again is garbage.
-    if !content.metadata.contains_key("tokenizer.ggml.tokens") {
-        return Err(EeError::Model(format!(
-            "{} has no tokenizer metadata: transform the public base model, not host artifacts",
-            generator_gguf.display()
-        )));
-    }
-    let vocab = gguf::vocab_size(&content)?;
-    let has_output_head = content.tensor_infos.contains_key(gguf::OUTPUT_HEAD);
-    drop(content);
-    gguf::write_permuted(generator_gguf, &gen_path, &key.generator_permutation(vocab))?;
-    let generator = GeneratorInfo {
-        vocab_size: vocab,
-        base_sha256: sha256_file(generator_gguf)?,
-        has_output_head,
+    let generator = if crate::models::generator::is_safetensors_dir(generator_base) {
+        let out = dir.join(GENERATOR_SUBDIR);
+        std::fs::create_dir_all(&out).map_err(|e| EeError::io(&out, e))?;
+        transform_safetensors_generator(key, generator_base, &out)?
+    } else {
+        transform_gguf_generator(key, generator_base, &dir.join(GENERATOR_FILE))?
     };
 
     let mut files = BTreeMap::new();
-    for rel in artifact_files() {
+    for rel in artifact_files(generator.format) {
         files.insert(rel.clone(), sha256_file(&dir.join(&rel))?);
     }
     let manifest = Manifest {
@@ -222,14 +234,106 @@ fn files_under(dir: &Path) -> std::io::Result<Vec<String>> {
 }
 
 /// Paths of the artifact files (besides the manifest), in sorted order.
-fn artifact_files() -> Vec<String> {
+fn artifact_files(generator: GeneratorFormat) -> Vec<String> {
     let mut files = vec![
         format!("{ENCODER_SUBDIR}/{CONFIG_FILE}"),
         format!("{ENCODER_SUBDIR}/{WEIGHTS_FILE}"),
-        GENERATOR_FILE.to_string(),
     ];
+    match generator {
+        GeneratorFormat::Gguf => files.push(GENERATOR_FILE.to_string()),
+        GeneratorFormat::Safetensors => {
+            files.push(format!("{GENERATOR_SUBDIR}/{}", llama::CONFIG_FILE));
+            files.push(format!("{GENERATOR_SUBDIR}/{}", llama::WEIGHTS_FILE));
+        }
+    }
     files.sort();
     files
+}
+
+/// Writes the GGUF generator with its vocabulary rows permuted, whole
+/// quantized rows at a time (bitwise exact).
+fn transform_gguf_generator(key: &Key, base: &Path, out: &Path) -> Result<GeneratorInfo> {
+    let parent = out.parent().expect("generator path has a parent");
+    std::fs::create_dir_all(parent).map_err(|e| EeError::io(parent, e))?;
+    let (content, _) = gguf::read(base)?;
+    // Host artifacts have their tokenizer stripped: a GGUF without one is
+    // most likely transformed already, and permuting it again is garbage.
+    if !content.metadata.contains_key("tokenizer.ggml.tokens") {
+        return Err(EeError::Model(format!(
+            "{} has no tokenizer metadata: transform the public base model, not host artifacts",
+            base.display()
+        )));
+    }
+    let vocab = gguf::vocab_size(&content)?;
+    let has_output_head = content.tensor_infos.contains_key(gguf::OUTPUT_HEAD);
+    drop(content);
+    gguf::write_permuted(base, out, &key.generator_permutation(vocab))?;
+    Ok(GeneratorInfo {
+        vocab_size: vocab,
+        base_sha256: sha256_file(base)?,
+        has_output_head,
+        format: GeneratorFormat::Gguf,
+    })
+}
+
+/// Writes the safetensors generator with the rows of `embed_tokens` (and of
+/// `lm_head`, when it has its own) permuted by `π_gen`: row `t` moves to row
+/// `π[t]`, copied bit for bit in the file's own dtype.
+fn transform_safetensors_generator(key: &Key, base: &Path, out: &Path) -> Result<GeneratorInfo> {
+    let config_src = base.join(llama::CONFIG_FILE);
+    let config_text =
+        std::fs::read_to_string(&config_src).map_err(|e| EeError::io(&config_src, e))?;
+    let mut config: serde_json::Value = serde_json::from_str(&config_text)
+        .map_err(|e| EeError::Model(format!("{}: {e}", config_src.display())))?;
+    if config.get(TRANSFORMED_MARK).is_some() {
+        return Err(EeError::Model(format!(
+            "{} is already transformed: transform the public base model",
+            base.display()
+        )));
+    }
+    // Refuse what the host could not load, before writing anything.
+    llama::HfConfig::read(base)?;
+    let weights = base.join(llama::WEIGHTS_FILE);
+    let mut tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(&weights, &Device::Cpu)?;
+    let vocab = match tensors.get(llama::HF_TOKEN_EMBEDDING).map(Tensor::dims) {
+        Some([vocab, _]) => *vocab,
+        other => {
+            return Err(EeError::Model(format!(
+                "{}: {} is {other:?}, expected [vocab, dim]",
+                weights.display(),
+                llama::HF_TOKEN_EMBEDDING
+            )))
+        }
+    };
+    let perm = key.generator_permutation(vocab);
+    let index = Tensor::new(perm.inverse_table(), &Device::Cpu)?;
+    let has_output_head = tensors.contains_key(llama::HF_OUTPUT_HEAD);
+    for name in [llama::HF_TOKEN_EMBEDDING, llama::HF_OUTPUT_HEAD] {
+        if let Some(table) = tensors.get(name) {
+            if table.dims().first() != Some(&vocab) {
+                return Err(EeError::VocabMismatch {
+                    vocab: "generator",
+                    expected: vocab,
+                    found: table.dims().first().copied().unwrap_or(0),
+                });
+            }
+            // new[c] = old[π⁻¹[c]]: index_select copies rows exactly.
+            let permuted = table.index_select(&index, 0)?;
+            tensors.insert(name.to_string(), permuted);
+        }
+    }
+    candle_core::safetensors::save(&tensors, out.join(llama::WEIGHTS_FILE))?;
+    config[TRANSFORMED_MARK] = serde_json::Value::Bool(true);
+    let config_dst = out.join(llama::CONFIG_FILE);
+    let text = serde_json::to_string_pretty(&config).expect("config serialises");
+    std::fs::write(&config_dst, text).map_err(|e| EeError::io(&config_dst, e))?;
+    Ok(GeneratorInfo {
+        vocab_size: vocab,
+        base_sha256: sha256_file(&weights)?,
+        has_output_head,
+        format: GeneratorFormat::Safetensors,
+    })
 }
 
 /// Permutes the word-embedding rows by `π_enc` (bitwise copies) and adds `R`.
@@ -315,7 +419,7 @@ impl HostArtifacts {
                 manifest.format
             )));
         }
-        let expected: Vec<String> = artifact_files();
+        let expected: Vec<String> = artifact_files(manifest.generator.format);
         if !manifest.files.keys().eq(expected.iter()) {
             return Err(bad(format!(
                 "manifest lists {:?}, expected exactly {expected:?}",
@@ -332,10 +436,10 @@ impl HostArtifacts {
                 )));
             }
         }
-        let generator = dir.join(GENERATOR_FILE);
-        if crate::gguf::metadata(&generator)?
-            .keys()
-            .any(|k| k.starts_with("tokenizer."))
+        if manifest.generator.format == GeneratorFormat::Gguf
+            && crate::gguf::metadata(&dir.join(GENERATOR_FILE))?
+                .keys()
+                .any(|k| k.starts_with("tokenizer."))
         {
             return Err(bad(format!(
                 "{GENERATOR_FILE} carries tokenizer metadata: the host takes transformed \
@@ -376,8 +480,93 @@ impl HostArtifacts {
         self.dir.join(ENCODER_SUBDIR)
     }
 
-    /// The transformed generator GGUF (load with [`crate::models::Generator`]).
-    pub fn generator_gguf(&self) -> PathBuf {
-        self.dir.join(GENERATOR_FILE)
+    /// The transformed generator: its GGUF file, or its safetensors folder
+    /// (load either with [`crate::models::Generator`]).
+    pub fn generator_path(&self) -> PathBuf {
+        match self.manifest.generator.format {
+            GeneratorFormat::Gguf => self.dir.join(GENERATOR_FILE),
+            GeneratorFormat::Safetensors => self.dir.join(GENERATOR_SUBDIR),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::tests::tiny_llama;
+    use crate::models::Generator;
+    use candle_core::DType;
+
+    /// Plaintext and transformed safetensors generators of one tiny model:
+    /// logits bitwise equal up to the permutation, at every step.
+    fn check_safetensors_transform(dtype: DType) {
+        let dir = tempfile::tempdir().unwrap();
+        let gguf_path = dir.path().join("tiny.gguf");
+        tiny_llama(&gguf_path, true);
+        let base = dir.path().join("base");
+        crate::convert::export_generator(&gguf_path, &base, dtype).unwrap();
+        let key = Key::from_secret([9; 32]);
+        let out = dir.path().join("generator");
+        std::fs::create_dir_all(&out).unwrap();
+        let info = transform_safetensors_generator(&key, &base, &out).unwrap();
+        assert_eq!(info.format, GeneratorFormat::Safetensors);
+        assert!(info.has_output_head);
+        // Transforming host artifacts again is refused.
+        let again = dir.path().join("again");
+        std::fs::create_dir_all(&again).unwrap();
+        let err = transform_safetensors_generator(&key, &out, &again).unwrap_err();
+        assert!(err.to_string().contains("already transformed"), "{err}");
+
+        let perm = key.generator_permutation(info.vocab_size);
+        let plain = Generator::load(&base, &Device::Cpu).unwrap();
+        let host = Generator::load(&out, &Device::Cpu).unwrap();
+        let (mut ps, mut hs) = (plain.session(), host.session());
+        let prompt = [3u32, 17, 42, 5, 88];
+        let mut pl = ps.feed(&prompt).unwrap();
+        let mut hl = hs.feed(&perm.apply_all(&prompt).unwrap()).unwrap();
+        for step in 0..8 {
+            for (t, l) in pl.iter().enumerate() {
+                let c = perm.apply(t as u32).unwrap() as usize;
+                assert_eq!(
+                    hl[c].to_bits(),
+                    l.to_bits(),
+                    "{dtype:?} step {step}, id {t}"
+                );
+            }
+            let next = crate::sampling::argmax(&pl);
+            pl = ps.feed(&[next]).unwrap();
+            hl = hs.feed(&[perm.apply(next).unwrap()]).unwrap();
+        }
+    }
+
+    #[test]
+    fn safetensors_generator_permutes_exactly_in_f32() {
+        check_safetensors_transform(DType::F32);
+    }
+
+    #[test]
+    fn safetensors_generator_permutes_exactly_in_f16() {
+        check_safetensors_transform(DType::F16);
+    }
+
+    #[test]
+    fn safetensors_generator_permutes_exactly_in_bf16() {
+        check_safetensors_transform(DType::BF16);
+    }
+
+    #[test]
+    fn manifests_without_a_generator_format_are_gguf() {
+        let old = r#"{"vocab_size": 5, "base_sha256": "ab", "has_output_head": false}"#;
+        let info: GeneratorInfo = serde_json::from_str(old).unwrap();
+        assert_eq!(info.format, GeneratorFormat::Gguf);
+        assert_eq!(
+            artifact_files(GeneratorFormat::Safetensors),
+            vec![
+                "encoder/config.json",
+                "encoder/model.safetensors",
+                "generator/config.json",
+                "generator/model.safetensors"
+            ]
+        );
     }
 }

@@ -37,7 +37,7 @@ fn artifacts_hold_only_permuted_weights_and_a_verifiable_manifest() {
     expected.sort();
     assert_eq!(found, expected);
     assert!(found.iter().all(|f| !f.contains("tokenizer")));
-    let md = gguf::metadata(&f.artifacts.generator_gguf()).unwrap();
+    let md = gguf::metadata(&f.artifacts.generator_path()).unwrap();
     assert!(
         md.keys().all(|k| !k.starts_with("tokenizer.")),
         "GGUF kept tokenizer metadata"
@@ -162,7 +162,7 @@ fn transformed_models_are_not_transformed_again() {
     let twice = transform::transform(
         &key,
         &f.models.encoder_dir(),
-        &f.artifacts.generator_gguf(),
+        &f.artifacts.generator_path(),
         &dir.path().join("a"),
         false,
     );

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use candle_core::Device;
-use eerag_query::engine::{Engine, EngineLimits};
+use eerag_query::engine::{Engine, EngineLimits, GenerationEvent, Placement};
 use eerag_query::metrics::Metrics;
+use eerag_shared::models::{GenerationOptions, StopReason};
+use eerag_shared::sampling::Sampling;
 use eerag_tests::fixture;
 
 fn counter(metrics: &Metrics, name: &str) -> u64 {
@@ -29,7 +30,7 @@ fn concurrent_embedding_requests_share_a_forward_pass() {
         ..EngineLimits::default()
     };
     let engine =
-        Arc::new(Engine::start(&f.artifacts, &Device::Cpu, limits, metrics.clone()).unwrap());
+        Arc::new(Engine::start(&f.artifacts, &Placement::cpu(), limits, metrics.clone()).unwrap());
     let c = &f.sides.cipher;
     let tok = &f.sides.encoder_tokenizer;
     let encrypt = |text: &str| {
@@ -103,4 +104,98 @@ fn concurrent_embedding_requests_share_a_forward_pass() {
             }
         }
     }
+}
+
+/// Tokens and stop reason of one generation, read off its events.
+async fn collect(mut rx: tokio::sync::mpsc::Receiver<GenerationEvent>) -> (Vec<u32>, StopReason) {
+    let mut tokens = Vec::new();
+    while let Some(event) = rx.recv().await {
+        match event {
+            GenerationEvent::Token(id) => tokens.push(id),
+            GenerationEvent::Done(stop) => return (tokens, stop),
+            GenerationEvent::Failed(e) => panic!("generation failed: {e}"),
+        }
+    }
+    panic!("the generation ended without a final event")
+}
+
+#[test]
+fn concurrent_generations_decode_in_one_batch_with_their_tokens_alone() {
+    let f = fixture();
+    let metrics = Arc::new(Metrics::default());
+    let engine = Engine::start(
+        &f.artifacts,
+        &Placement::cpu(),
+        EngineLimits::default(),
+        metrics.clone(),
+    )
+    .unwrap();
+    let tok = &f.sides.generator_tokenizer;
+    let c = &f.sides.cipher;
+    let prompts: Vec<Vec<u32>> = [
+        "When does the clinic open on Saturdays?",
+        "Who approves a refund?",
+        "Name a colour.",
+        "What is the hourly rate of a partner at the firm?",
+    ]
+    .iter()
+    .map(|q| {
+        let plain = eerag_shared::tokenize::chatml_prompt(tok, "Answer briefly.", q).unwrap();
+        c.encrypt_generator(&plain).unwrap().ids().to_vec()
+    })
+    .collect();
+    let options = |max_tokens| GenerationOptions {
+        max_tokens,
+        stop_ids: vec![],
+        sampling: Sampling::Greedy,
+    };
+    let lengths = [12, 5, 9, 12];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let alone: Vec<(Vec<u32>, StopReason)> = prompts
+        .iter()
+        .zip(lengths)
+        .map(|(p, n)| runtime.block_on(collect(engine.generate(p.clone(), options(n)).unwrap())))
+        .collect();
+    let steps_alone = counter(&metrics, "eerag_decode_steps_total");
+    // Each generation alone: one decode step per token after the first.
+    assert_eq!(
+        steps_alone,
+        lengths.iter().map(|n| n - 1).sum::<usize>() as u64
+    );
+
+    // All four at once: they run their prompts, then share decode steps;
+    // one ends early and the others go on without it.
+    let receivers: Vec<_> = prompts
+        .iter()
+        .zip(lengths)
+        .map(|(p, n)| engine.generate(p.clone(), options(n)).unwrap())
+        .collect();
+    let together: Vec<(Vec<u32>, StopReason)> =
+        runtime.block_on(async { futures_collect(receivers).await });
+    let steps_together = counter(&metrics, "eerag_decode_steps_total") - steps_alone;
+    assert_eq!(
+        together, alone,
+        "a generation's tokens do not depend on its batch"
+    );
+    for (t, n) in together.iter().zip(lengths) {
+        assert_eq!((t.0.len(), t.1), (n, StopReason::MaxTokens));
+    }
+    assert!(
+        steps_together < steps_alone,
+        "{steps_together} decode steps together vs {steps_alone} alone: nothing was batched"
+    );
+}
+
+async fn futures_collect(
+    receivers: Vec<tokio::sync::mpsc::Receiver<GenerationEvent>>,
+) -> Vec<(Vec<u32>, StopReason)> {
+    let handles: Vec<_> = receivers
+        .into_iter()
+        .map(|rx| tokio::spawn(collect(rx)))
+        .collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
 }

@@ -4,6 +4,7 @@
 pub mod encoder;
 pub mod fetch;
 pub mod generator;
+pub mod llama;
 
 pub use encoder::Encoder;
-pub use generator::{Generation, GenerationOptions, Generator, Session, StopReason};
+pub use generator::{Decoding, Generation, GenerationOptions, Generator, Session, StopReason};

@@ -52,9 +52,6 @@ pub struct ServeArgs {
     generate_batch: usize,
     #[command(flatten)]
     device: crate::DeviceArgs,
-    /// Encoder compute dtype: f32 or f16 [default: the weights' own].
-    #[arg(long)]
-    encoder_dtype: Option<String>,
     /// Compute dtype of a safetensors generator: f32, f16 or bf16
     /// [default: the weights' own; a GGUF keeps its quantization].
     #[arg(long)]
@@ -106,7 +103,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
             generate_batch: args.generate_batch.max(1),
         },
         device: args.device.device,
-        encoder_dtype: crate::parse_dtype(args.encoder_dtype.as_deref())?,
         generator_dtype: crate::parse_dtype(args.generator_dtype.as_deref())?,
         limits: ServiceLimits::default(),
         optimize_every: Duration::from_secs(60),

@@ -51,10 +51,10 @@ impl Default for EngineLimits {
 /// Where and how the models run.
 #[derive(Clone, Debug)]
 pub struct Placement {
-    /// The device of both models.
+    /// The device of both models. The encoder computes in f32: candle
+    /// 0.11's BERT gives NaN in f16/bf16 (its attention mask multiplies 0 by
+    /// `f32::MIN`, which those types round to -inf).
     pub device: Device,
-    /// The encoder's compute dtype (`None`: the weights' own).
-    pub encoder_dtype: Option<DType>,
     /// A safetensors generator's compute dtype (`None`: the weights' own;
     /// GGUF generators keep their quantization).
     pub generator_dtype: Option<DType>,
@@ -70,7 +70,6 @@ impl Placement {
     pub fn on(device: Device) -> Self {
         Self {
             device,
-            encoder_dtype: None,
             generator_dtype: None,
         }
     }
@@ -132,8 +131,7 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         let model = |e: eerag_shared::EeError| EngineError::Model(e.to_string());
         let device = &placement.device;
-        let encoder = Encoder::load_as(&artifacts.encoder_dir(), placement.encoder_dtype, device)
-            .map_err(model)?;
+        let encoder = Encoder::load(&artifacts.encoder_dir(), device).map_err(model)?;
         let generator = Generator::load_as(
             &artifacts.generator_path(),
             placement.generator_dtype,

@@ -69,9 +69,7 @@ pub struct ServeConfig {
     pub engine: EngineLimits,
     /// Where the models run.
     pub device: DeviceChoice,
-    /// Compute dtypes of the encoder and of a safetensors generator (`None`:
-    /// the weights' own).
-    pub encoder_dtype: Option<DType>,
+    /// Compute dtype of a safetensors generator (`None`: the weights' own).
     pub generator_dtype: Option<DType>,
     pub limits: ServiceLimits,
     /// How often the store's optimiser runs.
@@ -93,7 +91,6 @@ impl ServeConfig {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             engine: EngineLimits::default(),
             device: DeviceChoice::Auto,
-            encoder_dtype: None,
             generator_dtype: None,
             limits: ServiceLimits::default(),
             optimize_every: Duration::from_secs(60),
@@ -148,7 +145,6 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     tracing::info!(device = %chosen.describe(), "models run on");
     let placement = Placement {
         device: chosen.device.clone(),
-        encoder_dtype: config.encoder_dtype,
         generator_dtype: config.generator_dtype,
     };
     let mut models: Vec<ServedModels> = Vec::new();

@@ -27,15 +27,8 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Loads `config.json` and `model.safetensors` from `dir`, computing in
-    /// the weights' own dtype.
+    /// Loads `config.json` and `model.safetensors` from `dir`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        Self::load_as(dir, None, device)
-    }
-
-    /// As [`Encoder::load`], with the weights cast to `dtype` (f16 halves a
-    /// GPU's memory traffic; pooling, normalisation and `R` stay f32).
-    pub fn load_as(dir: &Path, dtype: Option<DType>, device: &Device) -> Result<Self> {
         let config_path = dir.join(CONFIG_FILE);
         let config_text =
             std::fs::read_to_string(&config_path).map_err(|e| EeError::io(&config_path, e))?;
@@ -59,12 +52,11 @@ impl Encoder {
                 )));
             }
         }
-        let file_dtype = tensors
+        let dtype = tensors
             .iter()
             .find(|(k, _)| k.ends_with("word_embeddings.weight"))
             .map(|(_, t)| t.dtype())
             .ok_or_else(|| EeError::Model("encoder has no word_embeddings.weight".into()))?;
-        let dtype = dtype.unwrap_or(file_dtype);
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
         let model = BertModel::load(vb, &config)?;
         let rotation = rotation.map(|r| r.to_dtype(DType::F32)).transpose()?;

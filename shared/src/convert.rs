@@ -79,7 +79,7 @@ fn hf_name(gguf_name: &str) -> Option<String> {
 /// `hf.reshape(heads, 2, d/2, in).transpose(1, 2)`.
 fn unpermute_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (out, inp) = w.dims2()?;
-    if heads == 0 || out % (heads * 2) != 0 {
+    if heads == 0 || !out.is_multiple_of(heads * 2) {
         return Err(EeError::Model(format!(
             "{out} rows do not split into {heads} heads"
         )));

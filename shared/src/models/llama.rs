@@ -324,7 +324,7 @@ impl Llama {
     ) -> Result<Self> {
         if shape.n_head == 0
             || shape.n_kv_head == 0
-            || shape.n_head % shape.n_kv_head != 0
+            || !shape.n_head.is_multiple_of(shape.n_kv_head)
             || rope_dim != shape.head_dim
         {
             return Err(model_error(format!(

@@ -67,12 +67,17 @@ if [[ ! -x "$ROOT/bin/nvcc" ]]; then
     base="${lib%%.so.*}.so"
     [[ -e "$base" ]] || ln -s "$(basename "$lib")" "$base"
   done
-  # cudarc links libcuda, which only the NVIDIA driver provides. Link against
-  # a stub that has the driver API's symbols; at run time the real driver's
-  # libcuda.so.1 is used (the stub is never on the library path).
+fi
+
+# candle links libcuda, which only the NVIDIA driver provides. Link against a
+# stub with the driver API's symbols; every one returns
+# CUDA_ERROR_STUB_LIBRARY (34), so a binary that meets the stub at run time
+# reports "no CUDA device" instead of crashing. The stub is never on the
+# library path: at run time the driver's own libcuda.so.1 is used.
+if [[ ! -e "$ROOT/lib/stubs/libcuda.so" ]]; then
   mkdir -p "$ROOT/lib/stubs"
   grep -ohE '\bcu[A-Z][A-Za-z0-9_]*\b' "$ROOT/include/cuda.h" | sort -u |
-    awk '{print "void " $1 "(void) {}"}' > "$DIR/libcuda-stub.c"
+    awk '{print "int " $1 "(void) { return 34; }"}' > "$DIR/libcuda-stub.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$ROOT/lib/stubs/libcuda.so" "$DIR/libcuda-stub.c"
 fi
 

@@ -1,5 +1,6 @@
 //! The shared model resources: one encoder worker that batches embedding work
-//! from concurrent requests, and one generator worker. Both sit behind
+//! from concurrent requests, and one generator worker that batches the
+//! decode steps of concurrent generations. Both sit behind
 //! bounded admission, so a flood of requests gets `Busy` (503) instead of
 //! unbounded queues and memory.
 

@@ -211,19 +211,18 @@ pub(crate) fn run_generator(
     Ok((prefill, started.elapsed().as_secs_f64(), tokens))
 }
 
-/// `batch` generations of `prompt`: each prompt prefilled alone, then all
-/// decoded together by [`Generator::step`]; (decode seconds, each one's tokens).
+/// `batch` generations of `prompt`, prefilled once and then decoded
+/// together by [`Generator::step`]; (decode seconds, each one's tokens).
 fn run_generator_batch(
     gen: &Generator,
     prompt: &[u32],
     batch: usize,
     decode: usize,
 ) -> Result<(f64, Vec<Vec<u32>>)> {
-    let mut sessions: Vec<_> = (0..batch).map(|_| gen.session()).collect();
-    let mut next: Vec<u32> = Vec::with_capacity(batch);
-    for s in &mut sessions {
-        next.push(eerag_shared::sampling::argmax(&s.feed(prompt)?));
-    }
+    let mut first = gen.session();
+    let start = eerag_shared::sampling::argmax(&first.feed(prompt)?);
+    let mut sessions = vec![first; batch];
+    let mut next = vec![start; batch];
     let mut tokens = vec![Vec::with_capacity(decode); batch];
     let started = Instant::now();
     for _ in 0..decode {

@@ -122,7 +122,9 @@ pub struct Generation {
     pub stop: StopReason,
 }
 
-/// One conversation's decoding state.
+/// One conversation's decoding state. A clone continues from the same point
+/// (the cached keys and values are shared until either feeds more).
+#[derive(Clone)]
 pub struct Session {
     model: Arc<Llama>,
     cache: KvCache,

@@ -110,7 +110,10 @@ pub fn select(choice: DeviceChoice) -> Result<ChosenDevice> {
                 )));
             }
             let device = Device::new_cuda(n).map_err(|e| {
-                EeError::Model(format!("--device {choice}: no CUDA device answered: {e}"))
+                EeError::Model(format!(
+                    "--device {choice}: no CUDA device answered: {}",
+                    first_line(&e)
+                ))
             })?;
             Ok(chosen(device, None))
         }
@@ -127,7 +130,7 @@ pub fn select(choice: DeviceChoice) -> Result<ChosenDevice> {
                 Ok(Ok(device)) => Ok(chosen(device, None)),
                 Ok(Err(e)) => Ok(chosen(
                     Device::Cpu,
-                    Some(format!("no CUDA device answered: {e}")),
+                    Some(format!("no CUDA device answered: {}", first_line(&e))),
                 )),
                 Err(_) => Ok(chosen(
                     Device::Cpu,
@@ -136,6 +139,11 @@ pub fn select(choice: DeviceChoice) -> Result<ChosenDevice> {
             }
         }
     }
+}
+
+/// The error without the backtrace candle appends under RUST_BACKTRACE.
+fn first_line(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 #[cfg(test)]

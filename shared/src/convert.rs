@@ -170,17 +170,8 @@ pub fn export_generator(gguf_path: &Path, out: &Path, dtype: DType) -> Result<Ex
         "hidden_act": "silu",
     });
     // Written beside, then renamed: a failed export leaves no half folder.
-    let name = out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| EeError::InvalidArgument("the output must end in a folder name".into()))?;
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| EeError::io(parent, e))?;
-    let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
+    let (_, _, staging) = crate::transform::staging_beside(out)
+        .ok_or_else(|| EeError::InvalidArgument("the output must end in a folder name".into()))??;
     std::fs::create_dir_all(&staging).map_err(|e| EeError::io(&staging, e))?;
     let written = (|| -> Result<()> {
         candle_core::safetensors::save(&tensors, staging.join(WEIGHTS_FILE))?;

@@ -131,19 +131,8 @@ pub fn transform(
             replacing = true;
         }
     }
-    let name = out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| refuse("the output path must end in a directory name"))?;
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| EeError::io(parent, e))?;
-    let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(|e| EeError::io(&staging, e))?;
-    }
+    let (parent, name, staging) = staging_beside(out)
+        .ok_or_else(|| refuse("the output path must end in a directory name"))??;
     let manifest = match write_artifacts(key, encoder_dir, generator, &staging) {
         Ok(m) => m,
         Err(e) => {
@@ -169,6 +158,27 @@ pub fn transform(
         std::fs::remove_dir_all(&old).map_err(|e| EeError::io(&old, e))?;
     }
     Ok(manifest)
+}
+
+/// A fresh, empty-to-be staging folder beside `out` (`.NAME.partial-PID` in
+/// its parent, which is created), for writing a folder whole and renaming it
+/// into place; with the parent and `out`'s name. `None` when `out` has no
+/// usable name.
+pub(crate) fn staging_beside(out: &Path) -> Option<Result<(PathBuf, String, PathBuf)>> {
+    let name = out.file_name()?.to_str()?.to_string();
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    Some((|| {
+        std::fs::create_dir_all(&parent).map_err(|e| EeError::io(&parent, e))?;
+        let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| EeError::io(&staging, e))?;
+        }
+        Ok((parent, name, staging))
+    })())
 }
 
 fn write_artifacts(

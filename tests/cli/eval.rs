@@ -141,3 +141,58 @@ fn the_scale_bench_runs_small_and_draws_its_plot() {
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("hybrid p50, encrypted"));
 }
+
+#[test]
+fn the_model_bench_checks_batched_decoding_and_reports_its_device() {
+    // The README's batch figures come from this command; here it runs one
+    // small round: it fails unless encrypted and plaintext tokens agree, at
+    // batch 1 and batched, and batched rows equal batch-1 rows on the CPU.
+    let models = models_dir();
+    let o = eerag(&[
+        "bench",
+        "--rounds",
+        "1",
+        "--sentences",
+        "4",
+        "--decode-tokens",
+        "3",
+        "--decode-batch",
+        "3",
+        "--device",
+        "cpu",
+        "--models",
+        path(&models),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("models run on cpu"), "{}", stderr(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).expect("JSON report");
+    assert_eq!(report["outputs_identical"], true);
+    assert!(
+        report["device"].as_str().unwrap().starts_with("cpu"),
+        "{report:#}"
+    );
+    let batched = &report["generator_decode_batched"];
+    assert_eq!(batched["batch"], 3, "{report:#}");
+    assert!(batched["encrypted_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["generator_prefill"]["encrypted_ttft_ms"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(report["generator_bytes"].as_u64().unwrap() > 50_000_000);
+    // A device this binary cannot have is a clear error, not a CPU run.
+    if !eerag_shared::device::cuda_compiled() {
+        let o = eerag(&["bench", "--device", "cuda:1", "--models", path(&models)]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("built without CUDA"), "{}", stderr(&o));
+    }
+    let o = eerag(&["bench", "--device", "tpu", "--models", path(&models)]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("expected auto, cpu, cuda or cuda:N"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -240,6 +240,19 @@ mod tests {
     }
 
     #[test]
+    fn a_dtype_for_a_gguf_is_refused_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let gguf_path = dir.path().join("tiny.gguf");
+        tiny_llama(&gguf_path, false);
+        let err = Generator::load_as(&gguf_path, Some(DType::F16), &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("keeps its own quantization"), "{err}");
+        assert!(Generator::load_as(&gguf_path, Some(DType::F32), &Device::Cpu).is_ok());
+    }
+
+    #[test]
     fn bad_dtypes_and_non_llama_files_are_refused() {
         assert!(parse_dtype("f8")
             .unwrap_err()

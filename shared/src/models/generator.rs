@@ -25,12 +25,20 @@ impl Generator {
         Self::load_as(path, None, device)
     }
 
-    /// As [`Generator::load`], converting safetensors weights to `dtype`
-    /// (GGUF weights keep their quantization and compute in f32).
+    /// As [`Generator::load`], converting safetensors weights to `dtype`.
+    /// GGUF weights keep their quantization and compute in f32: any other
+    /// `dtype` for a GGUF is an error rather than silently ignored.
     pub fn load_as(path: &Path, dtype: Option<DType>, device: &Device) -> Result<Self> {
         let model = if path.is_dir() {
             Llama::from_safetensors(path, dtype, device)?
         } else {
+            if dtype.is_some_and(|d| d != DType::F32) {
+                return Err(EeError::InvalidArgument(format!(
+                    "{}: a GGUF generator keeps its own quantization (computing in f32); \
+                     a dtype applies to safetensors generators only",
+                    path.display()
+                )));
+            }
             let (content, mut reader) = gguf::read(path)?;
             Llama::from_gguf(&content, &mut reader, device)
                 .map_err(|e| EeError::Model(format!("{}: {e}", path.display())))?

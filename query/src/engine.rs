@@ -379,10 +379,7 @@ fn generate_worker(
                 // A failed step fails every generation in it (their caches may
                 // be half updated); the worker goes on with new ones.
                 for r in running.drain(..) {
-                    let _ = r
-                        .job
-                        .events
-                        .blocking_send(GenerationEvent::Failed(e.to_string()));
+                    fail(&r.job.events, &e);
                 }
             }
         }
@@ -396,9 +393,7 @@ fn start_generation(generator: &Generator, job: GenerateJob, metrics: &Metrics) 
     let decoding = match Decoding::new(&job.options) {
         Ok(d) => d,
         Err(e) => {
-            let _ = job
-                .events
-                .blocking_send(GenerationEvent::Failed(e.to_string()));
+            fail(&job.events, &e);
             return None;
         }
     };
@@ -412,9 +407,7 @@ fn start_generation(generator: &Generator, job: GenerateJob, metrics: &Metrics) 
     let logits = match session.feed(&job.prompt) {
         Ok(logits) => logits,
         Err(e) => {
-            let _ = job
-                .events
-                .blocking_send(GenerationEvent::Failed(e.to_string()));
+            fail(&job.events, &e);
             return None;
         }
     };
@@ -427,16 +420,19 @@ fn start_generation(generator: &Generator, job: GenerateJob, metrics: &Metrics) 
     advance(&mut r, &logits, metrics).then_some(r)
 }
 
+/// Sends a generation its final `Failed` event (a listener that went away
+/// has nothing left to hear).
+fn fail(events: &mpsc::Sender<GenerationEvent>, e: &dyn std::fmt::Display) {
+    let _ = events.blocking_send(GenerationEvent::Failed(e.to_string()));
+}
+
 /// Chooses `r`'s next token from `logits` and sends it; false when the
 /// generation has ended (its final event sent) or its listener went away.
 fn advance(r: &mut Running, logits: &[f32], metrics: &Metrics) -> bool {
     let (next, stop) = match r.decoding.choose(logits, &r.session) {
         Ok(choice) => choice,
         Err(e) => {
-            let _ = r
-                .job
-                .events
-                .blocking_send(GenerationEvent::Failed(e.to_string()));
+            fail(&r.job.events, &e);
             return false;
         }
     };

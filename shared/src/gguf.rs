@@ -234,6 +234,39 @@ pub(crate) mod tests {
         gguf_file::write(&mut f, &md, &ts).unwrap();
     }
 
+    /// Greedy-decodes `prompt` on `plain` and its encryption on `host` side
+    /// by side for `steps` steps, asserting at every step that the host's
+    /// logits are the plaintext logits permuted by `perm`, bitwise; returns
+    /// the plaintext tokens.
+    pub(crate) fn greedy_walk_permuted(
+        plain: &Generator,
+        host: &Generator,
+        prompt: &[u32],
+        perm: &Permutation,
+        steps: usize,
+        what: &str,
+    ) -> Vec<u32> {
+        let (mut ps, mut hs) = (plain.session(), host.session());
+        let mut pl = ps.feed(prompt).unwrap();
+        let mut hl = hs.feed(&perm.apply_all(prompt).unwrap()).unwrap();
+        let mut tokens = Vec::with_capacity(steps);
+        for step in 0..steps {
+            for (t, l) in pl.iter().enumerate() {
+                let c = perm.apply(t as u32).unwrap() as usize;
+                assert_eq!(
+                    hl[c].to_bits(),
+                    l.to_bits(),
+                    "{what}, step {step}: logit of id {t}"
+                );
+            }
+            let next = crate::sampling::argmax(&pl);
+            tokens.push(next);
+            pl = ps.feed(&[next]).unwrap();
+            hl = hs.feed(&[perm.apply(next).unwrap()]).unwrap();
+        }
+        tokens
+    }
+
     fn check_permuted_model(own_output_head: bool) {
         let dir = tempfile::tempdir().unwrap();
         let (base, out) = (dir.path().join("base.gguf"), dir.path().join("enc.gguf"));
@@ -253,19 +286,8 @@ pub(crate) mod tests {
 
         let plain = Generator::load(&base, &Device::Cpu).unwrap();
         let enc = Generator::load(&out, &Device::Cpu).unwrap();
-        let (mut ps, mut es) = (plain.session(), enc.session());
         let prompt = [3u32, 17, 42, 5, 88];
-        let mut pl = ps.feed(&prompt).unwrap();
-        let mut el = es.feed(&perm.apply_all(&prompt).unwrap()).unwrap();
-        for _ in 0..10 {
-            for (t, l) in pl.iter().enumerate() {
-                let c = perm.apply(t as u32).unwrap() as usize;
-                assert_eq!(el[c].to_bits(), l.to_bits(), "logit of id {t}");
-            }
-            let next = crate::sampling::argmax(&pl);
-            pl = ps.feed(&[next]).unwrap();
-            el = es.feed(&[perm.apply(next).unwrap()]).unwrap();
-        }
+        greedy_walk_permuted(&plain, &enc, &prompt, &perm, 10, "GGUF");
         let opts = |stop| GenerationOptions {
             max_tokens: 20,
             stop_ids: vec![stop],

@@ -302,7 +302,7 @@ fn transform_safetensors_generator(key: &Key, base: &Path, out: &Path) -> Result
         )));
     }
     // Refuse what the host could not load, before writing anything.
-    llama::HfConfig::read(base)?;
+    llama::HfConfig::check(config.clone(), &config_src)?;
     let weights = base.join(llama::WEIGHTS_FILE);
     let mut tensors: HashMap<String, Tensor> =
         candle_core::safetensors::load(&weights, &Device::Cpu)?;
@@ -503,7 +503,7 @@ impl HostArtifacts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gguf::tests::tiny_llama;
+    use crate::gguf::tests::{greedy_walk_permuted, tiny_llama};
     use crate::models::Generator;
     use candle_core::DType;
 
@@ -530,23 +530,8 @@ mod tests {
         let perm = key.generator_permutation(info.vocab_size);
         let plain = Generator::load(&base, &Device::Cpu).unwrap();
         let host = Generator::load(&out, &Device::Cpu).unwrap();
-        let (mut ps, mut hs) = (plain.session(), host.session());
         let prompt = [3u32, 17, 42, 5, 88];
-        let mut pl = ps.feed(&prompt).unwrap();
-        let mut hl = hs.feed(&perm.apply_all(&prompt).unwrap()).unwrap();
-        for step in 0..8 {
-            for (t, l) in pl.iter().enumerate() {
-                let c = perm.apply(t as u32).unwrap() as usize;
-                assert_eq!(
-                    hl[c].to_bits(),
-                    l.to_bits(),
-                    "{dtype:?} step {step}, id {t}"
-                );
-            }
-            let next = crate::sampling::argmax(&pl);
-            pl = ps.feed(&[next]).unwrap();
-            hl = hs.feed(&[perm.apply(next).unwrap()]).unwrap();
-        }
+        greedy_walk_permuted(&plain, &host, &prompt, &perm, 8, &format!("{dtype:?}"));
     }
 
     #[test]

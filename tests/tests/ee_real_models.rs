@@ -4,9 +4,9 @@
 
 use eerag_shared::models::encoder::{CONFIG_FILE, ROTATION_TENSOR, WEIGHTS_FILE};
 use eerag_shared::models::{Encoder, GenerationOptions};
-use eerag_shared::sampling::{argmax, Sampling};
+use eerag_shared::sampling::Sampling;
 use eerag_shared::tokenize::chatml_prompt;
-use eerag_tests::{fixture, texts};
+use eerag_tests::{fixture, greedy_walk_permuted, texts};
 
 fn embed_all(encoder: &Encoder, seqs: &[Vec<u32>]) -> Vec<Vec<f32>> {
     let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
@@ -114,26 +114,14 @@ fn generator_logits_are_plaintext_logits_permuted_bitwise_at_every_step() {
     let f = fixture();
     let perm = f.sides.cipher.generator_permutation();
     for (n, prompt) in prompts().iter().enumerate() {
-        let mut ps = f.sides.plain_generator.session();
-        let mut hs = f.sides.host_generator.session();
-        let mut pl = ps.feed(prompt).unwrap();
-        let mut hl = hs
-            .feed(f.sides.cipher.encrypt_generator(prompt).unwrap().ids())
-            .unwrap();
-        for step in 0..16 {
-            assert_eq!(pl.len(), hl.len());
-            for (t, l) in pl.iter().enumerate() {
-                let c = perm.apply(t as u32).unwrap() as usize;
-                assert_eq!(
-                    hl[c].to_bits(),
-                    l.to_bits(),
-                    "prompt {n}, step {step}: logit of token {t} differs"
-                );
-            }
-            let next = argmax(&pl);
-            pl = ps.feed(&[next]).unwrap();
-            hl = hs.feed(&[perm.apply(next).unwrap()]).unwrap();
-        }
+        greedy_walk_permuted(
+            &f.sides.plain_generator,
+            &f.sides.host_generator,
+            prompt,
+            perm,
+            16,
+            &format!("prompt {n}"),
+        );
     }
 }
 

@@ -11,7 +11,7 @@ use eerag_shared::sampling::argmax;
 use eerag_shared::side_by_side::SideBySide;
 use eerag_shared::tokenize::chatml_prompt;
 use eerag_shared::Key;
-use eerag_tests::fixture;
+use eerag_tests::{fixture, greedy_walk_permuted};
 
 fn test_device() -> Device {
     let choice: DeviceChoice = std::env::var("EERAG_TEST_DEVICE")
@@ -137,30 +137,14 @@ fn an_f16_safetensors_generator_transforms_exactly() {
     let prompts = prompts(&sides);
     let perm = sides.cipher.generator_permutation();
     // Logits bitwise permuted at every step, for the first prompt.
-    let prompt = &prompts[0];
-    let (mut ps, mut hs) = (
-        sides.plain_generator.session(),
-        sides.host_generator.session(),
+    let tokens = greedy_walk_permuted(
+        &sides.plain_generator,
+        &sides.host_generator,
+        &prompts[0],
+        perm,
+        12,
+        "f16 safetensors",
     );
-    let mut pl = ps.feed(prompt).unwrap();
-    let mut hl = hs
-        .feed(sides.cipher.encrypt_generator(prompt).unwrap().ids())
-        .unwrap();
-    let mut tokens = Vec::new();
-    for step in 0..12 {
-        for (t, l) in pl.iter().enumerate() {
-            let c = perm.apply(t as u32).unwrap() as usize;
-            assert_eq!(
-                hl[c].to_bits(),
-                l.to_bits(),
-                "step {step}: logit of token {t}"
-            );
-        }
-        let next = argmax(&pl);
-        tokens.push(next);
-        pl = ps.feed(&[next]).unwrap();
-        hl = hs.feed(&[perm.apply(next).unwrap()]).unwrap();
-    }
     // The f16 model is the GGUF's model: it starts its answer the same way.
     let gguf_tokens = greedy_alone(&f.sides.plain_generator, &prompts[..1], 6);
     assert_eq!(

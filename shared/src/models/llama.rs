@@ -577,7 +577,14 @@ impl HfConfig {
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| EeError::io(&path, e))?;
-        let config: Self = serde_json::from_str(&text)
+        let value = serde_json::from_str(&text)
+            .map_err(|e| model_error(format!("{}: {e}", path.display())))?;
+        Self::check(value, &path)
+    }
+
+    /// Checks a parsed `config.json` (`path` names it in errors).
+    pub fn check(value: serde_json::Value, path: &Path) -> Result<Self> {
+        let config: Self = serde_json::from_value(value)
             .map_err(|e| model_error(format!("{}: {e}", path.display())))?;
         if let Some(kind) = config.model_type.as_deref().filter(|k| *k != "llama") {
             return Err(model_error(format!(

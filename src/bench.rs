@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
-use eerag_shared::models::{Encoder, Generator};
+use eerag_shared::models::{Encoder, Generator, GeneratorOptions};
 use serde_json::json;
 
 use crate::workload::{sample_paragraphs, Pair};
@@ -221,7 +221,9 @@ fn run_generator_batch(
 ) -> Result<(f64, Vec<Vec<u32>>)> {
     let mut first = gen.session();
     let start = eerag_shared::sampling::argmax(&first.feed(prompt)?);
-    let mut sessions = vec![first; batch];
+    let mut sessions = (0..batch)
+        .map(|_| first.fork())
+        .collect::<Result<Vec<_>, _>>()?;
     let mut next = vec![start; batch];
     let mut tokens = vec![Vec::with_capacity(decode); batch];
     let started = Instant::now();
@@ -306,7 +308,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .generator
         .clone()
         .unwrap_or_else(|| models.generator_gguf());
-    let pair = Pair::prepare_on(&models, &generator_base, &device)?;
+    let generator_options = GeneratorOptions {
+        backend: args.device.generator_backend,
+        ..GeneratorOptions::on(&device)
+    };
+    let pair = Pair::prepare_on(&models, &generator_base, &generator_options)?;
+    eprintln!("generator backend: {}", pair.sides.host_generator.backend());
     let c = &pair.sides.cipher;
 
     let plain_seqs = encoder_workload(&pair, args.sentences, args.sentence_tokens)?;

@@ -17,6 +17,10 @@ use serde_json::{json, Value};
 use crate::bench::median;
 use crate::workload::{sample_paragraphs, Pair};
 use eerag_shared::models::fetch::ModelsDir;
+use eerag_shared::models::generator::llama_cpp_compiled;
+use eerag_shared::models::{
+    Encoder, EncoderBackend, Generator, GeneratorBackend, GeneratorOptions,
+};
 
 /// The peers, as pip installs them: (name on the command line, requirement,
 /// module to import).
@@ -26,7 +30,7 @@ const PEERS: [(&str, &str, &str); 2] = [
         "sentence-transformers==6.2.0",
         "sentence_transformers",
     ),
-    ("llama-cpp", "llama-cpp-python==0.3.16", "llama_cpp"),
+    ("llama-cpp", "llama-cpp-python==0.3.36", "llama_cpp"),
 ];
 
 /// The peer script, compiled in so the binary runs from any directory.
@@ -133,6 +137,14 @@ fn embedding_gap(theirs: &[Value], ours: &[Vec<f32>]) -> Result<f64> {
     Ok(gap)
 }
 
+/// One generator backend's timings (plaintext, encrypted) and its tokens.
+struct GeneratorRun {
+    backend: GeneratorBackend,
+    prefill_secs: [Vec<f64>; 2],
+    decode_secs: [Vec<f64>; 2],
+    tokens: Vec<u32>,
+}
+
 /// Embeddings further apart than this are not the same weights.
 const SAME_WEIGHTS_TOLERANCE: f64 = 1e-4;
 
@@ -163,68 +175,89 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
     )?;
 
     // eerag: tokenizing (and encrypting) is part of the timed work, as
-    // sentence-transformers' encode() tokenizes too.
-    let embed = |encrypted: bool| -> Result<(f64, Vec<Vec<f32>>)> {
-        let t = Instant::now();
-        let mut seqs = Vec::with_capacity(sentences.len());
-        for s in &sentences {
-            let ids = sides.encoder_tokenizer.encode(s)?;
-            seqs.push(if encrypted {
-                sides.cipher.encrypt_encoder(&ids)?.ids().to_vec()
-            } else {
-                ids
-            });
-        }
-        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-        let encoder = if encrypted {
-            &sides.host_encoder
-        } else {
-            &sides.plain_encoder
+    // sentence-transformers' encode() tokenizes too. Each encoder backend,
+    // candle first (the "before").
+    let mut encoder_runs = Vec::new();
+    for backend in [EncoderBackend::Candle, EncoderBackend::Cpu] {
+        let cpu = candle_core::Device::Cpu;
+        let plain = Encoder::load_with(&models.encoder_dir(), &cpu, backend)?;
+        let host = Encoder::load_with(&pair.artifacts.encoder_dir(), &cpu, backend)?;
+        let embed = |encrypted: bool| -> Result<(f64, Vec<Vec<f32>>)> {
+            let t = Instant::now();
+            let mut seqs = Vec::with_capacity(sentences.len());
+            for s in &sentences {
+                let ids = sides.encoder_tokenizer.encode(s)?;
+                seqs.push(if encrypted {
+                    sides.cipher.encrypt_encoder(&ids)?.ids().to_vec()
+                } else {
+                    ids
+                });
+            }
+            let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+            let encoder = if encrypted { &host } else { &plain };
+            let out = encoder.embed(&refs, args.batch)?;
+            Ok((t.elapsed().as_secs_f64(), out))
         };
-        let out = encoder.embed(&refs, args.batch)?;
-        Ok((t.elapsed().as_secs_f64(), out))
-    };
-    embed(false)?; // warm-up
-    let mut embed_secs = [Vec::new(), Vec::new()];
-    let mut plain_vectors = Vec::new();
-    for round in 0..args.rounds {
-        for side in [round % 2, 1 - round % 2] {
-            let (secs, vectors) = embed(side == 1)?;
-            embed_secs[side].push(secs);
-            if side == 0 {
-                plain_vectors = vectors;
+        embed(false)?; // warm-up
+        let mut secs = [Vec::new(), Vec::new()];
+        let mut plain_vectors = Vec::new();
+        for round in 0..args.rounds {
+            for side in [round % 2, 1 - round % 2] {
+                let (t, vectors) = embed(side == 1)?;
+                secs[side].push(t);
+                if side == 0 {
+                    plain_vectors = vectors;
+                }
             }
         }
+        encoder_runs.push((backend, secs, plain_vectors));
     }
     let enc_prompt = sides.cipher.encrypt_generator(&prompt)?;
-    // Warm-up, as the peer script warms llama.cpp up.
-    crate::bench::run_generator(&sides.plain_generator, &prompt, 4)?;
-    crate::bench::run_generator(&sides.host_generator, enc_prompt.ids(), 4)?;
-    let mut prefill_secs = [Vec::new(), Vec::new()];
-    let mut decode_secs = [Vec::new(), Vec::new()];
-    let mut our_tokens = Vec::new();
-    for round in 0..args.rounds {
-        for side in [round % 2, 1 - round % 2] {
-            let (p, d, tokens) = if side == 0 {
-                crate::bench::run_generator(&sides.plain_generator, &prompt, args.decode_tokens)?
-            } else {
-                let (p, d, t) = crate::bench::run_generator(
-                    &sides.host_generator,
-                    enc_prompt.ids(),
-                    args.decode_tokens,
-                )?;
-                (p, d, sides.cipher.generator_permutation().invert_all(&t)?)
-            };
-            prefill_secs[side].push(p);
-            decode_secs[side].push(d);
-            if !our_tokens.is_empty() {
-                anyhow::ensure!(
-                    our_tokens == tokens,
-                    "encrypted and plaintext tokens differ"
-                );
-            }
-            our_tokens = tokens;
+    // Each generator backend this build has, plaintext and encrypted: candle
+    // first (the "before"), then llama.cpp.
+    let mut generator_runs = Vec::new();
+    for backend in [GeneratorBackend::Candle, GeneratorBackend::LlamaCpp] {
+        if backend == GeneratorBackend::LlamaCpp && !llama_cpp_compiled() {
+            continue;
         }
+        let options = GeneratorOptions {
+            backend,
+            ..GeneratorOptions::on(&candle_core::Device::Cpu)
+        };
+        let plain = Generator::load_with(&models.generator_gguf(), &options)?;
+        let host = Generator::load_with(&pair.artifacts.generator_path(), &options)?;
+        // Warm-up, as the peer script warms llama.cpp up.
+        crate::bench::run_generator(&plain, &prompt, 4)?;
+        crate::bench::run_generator(&host, enc_prompt.ids(), 4)?;
+        let mut prefill_secs = [Vec::new(), Vec::new()];
+        let mut decode_secs = [Vec::new(), Vec::new()];
+        let mut tokens_seen: Vec<u32> = Vec::new();
+        for round in 0..args.rounds {
+            for side in [round % 2, 1 - round % 2] {
+                let (p, d, tokens) = if side == 0 {
+                    crate::bench::run_generator(&plain, &prompt, args.decode_tokens)?
+                } else {
+                    let (p, d, t) =
+                        crate::bench::run_generator(&host, enc_prompt.ids(), args.decode_tokens)?;
+                    (p, d, sides.cipher.generator_permutation().invert_all(&t)?)
+                };
+                prefill_secs[side].push(p);
+                decode_secs[side].push(d);
+                if !tokens_seen.is_empty() {
+                    anyhow::ensure!(
+                        tokens_seen == tokens,
+                        "{backend}: encrypted and plaintext tokens differ"
+                    );
+                }
+                tokens_seen = tokens;
+            }
+        }
+        generator_runs.push(GeneratorRun {
+            backend,
+            prefill_secs,
+            decode_secs,
+            tokens: tokens_seen,
+        });
     }
 
     // The peers, after ours, in the same run and on the same inputs.
@@ -292,20 +325,24 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
             work / median(secs[1].clone()),
         ]
     };
-    let embed_rate = ours(&embed_secs, sentences.len() as f64);
-    let prefill_rate = ours(&prefill_secs, prompt.len() as f64);
-    let decode_rate = ours(&decode_secs, args.decode_tokens as f64);
+    let embed_rates: Vec<(EncoderBackend, [f64; 2])> = encoder_runs
+        .iter()
+        .map(|(b, secs, _)| (*b, ours(secs, sentences.len() as f64)))
+        .collect();
     let st = &peers["sentence_transformers"];
     let llama = &peers["llama_cpp"];
     let st_rate = st["sentences_per_s"].as_f64();
     let llama_prefill = llama["prefill_tokens_per_s"].as_f64();
     let llama_decode = llama["decode_tokens_per_s"].as_f64();
     // Same weights? The largest difference between their embeddings and ours.
-    let embedding_gap = st["embeddings"]
-        .as_array()
-        .map(|theirs| embedding_gap(theirs, &plain_vectors))
-        .transpose()?;
-    if let Some(gap) = embedding_gap.filter(|&g| g > SAME_WEIGHTS_TOLERANCE) {
+    let mut worst_gap: Option<f64> = None;
+    if let Some(theirs) = st["embeddings"].as_array() {
+        for (_, _, vectors) in &encoder_runs {
+            let gap = embedding_gap(theirs, vectors)?;
+            worst_gap = Some(worst_gap.map_or(gap, |g: f64| g.max(gap)));
+        }
+    }
+    if let Some(gap) = worst_gap.filter(|&g| g > SAME_WEIGHTS_TOLERANCE) {
         bail!("sentence-transformers' embeddings differ from eerag's by {gap:.1e}: not the same model");
     }
     let llama_tokens: Option<Vec<u32>> = llama["tokens"].as_array().map(|t| {
@@ -313,12 +350,21 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
             .filter_map(|v| v.as_u64().map(|x| x as u32))
             .collect()
     });
-    let common_prefix = llama_tokens.as_ref().map(|t| {
-        t.iter()
-            .zip(&our_tokens)
-            .take_while(|(a, b)| a == b)
-            .count()
-    });
+    let common_prefix = |ours: &[u32]| {
+        llama_tokens
+            .as_ref()
+            .map(|t| t.iter().zip(ours).take_while(|(a, b)| a == b).count())
+    };
+    let rates: Vec<(&GeneratorRun, [f64; 2], [f64; 2])> = generator_runs
+        .iter()
+        .map(|r| {
+            (
+                r,
+                ours(&r.prefill_secs, prompt.len() as f64),
+                ours(&r.decode_secs, args.decode_tokens as f64),
+            )
+        })
+        .collect();
 
     if args.json {
         let out = json!({
@@ -326,27 +372,29 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
             "rounds": args.rounds,
             "embed": {
                 "sentences": sentences.len(), "batch": args.batch,
-                "eerag_plaintext_sentences_per_s": embed_rate[0],
-                "eerag_encrypted_sentences_per_s": embed_rate[1],
+                "eerag": embed_rates.iter().map(|(b, r)| json!({
+                    "backend": b.to_string(),
+                    "plaintext_sentences_per_s": r[0],
+                    "encrypted_sentences_per_s": r[1],
+                })).collect::<Vec<Value>>(),
                 "sentence_transformers_sentences_per_s": st_rate,
                 "sentence_transformers_version": st["version"],
                 "torch_version": st["torch"],
-                "max_abs_embedding_difference": embedding_gap,
+                "max_abs_embedding_difference": worst_gap,
             },
-            "prefill": {
-                "prompt_tokens": prompt.len(),
-                "eerag_plaintext_tokens_per_s": prefill_rate[0],
-                "eerag_encrypted_tokens_per_s": prefill_rate[1],
-                "llama_cpp_tokens_per_s": llama_prefill,
-            },
-            "decode": {
-                "tokens": args.decode_tokens,
-                "eerag_plaintext_tokens_per_s": decode_rate[0],
-                "eerag_encrypted_tokens_per_s": decode_rate[1],
-                "llama_cpp_tokens_per_s": llama_decode,
-                "llama_cpp_version": llama["version"],
-                "greedy_tokens_shared_with_llama_cpp": common_prefix,
-            },
+            "prompt_tokens": prompt.len(),
+            "decode_tokens": args.decode_tokens,
+            "llama_cpp_prefill_tokens_per_s": llama_prefill,
+            "llama_cpp_decode_tokens_per_s": llama_decode,
+            "llama_cpp_version": llama["version"],
+            "generator": rates.iter().map(|(r, prefill, decode)| json!({
+                "backend": r.backend.to_string(),
+                "eerag_plaintext_prefill_tokens_per_s": prefill[0],
+                "eerag_encrypted_prefill_tokens_per_s": prefill[1],
+                "eerag_plaintext_decode_tokens_per_s": decode[0],
+                "eerag_encrypted_decode_tokens_per_s": decode[1],
+                "greedy_tokens_shared_with_llama_cpp": common_prefix(&r.tokens),
+            })).collect::<Vec<Value>>(),
             "skipped": skipped.iter().map(|(n, w)| json!({"peer": n, "reason": w})).collect::<Vec<Value>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -371,43 +419,51 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
         st["version"].as_str().unwrap_or("?"),
         st["torch"].as_str().unwrap_or("?")
     );
-    println!(
-        "| embed {} sample paragraphs, batch {} (tokenizing included) | {:.1} sentences/s | {:.1} sentences/s | {} | {} |",
-        sentences.len(),
-        args.batch,
-        embed_rate[0],
-        embed_rate[1],
-        peer_cell(st_rate, "sentences", &st_label),
-        ratio(embed_rate[1], st_rate)
-    );
+    for (backend, rate) in &embed_rates {
+        println!(
+            "| embed {} sample paragraphs, batch {} (tokenizing included; eerag on {backend}) | {:.1} sentences/s | {:.1} sentences/s | {} | {} |",
+            sentences.len(),
+            args.batch,
+            rate[0],
+            rate[1],
+            peer_cell(st_rate, "sentences", &st_label),
+            ratio(rate[1], st_rate)
+        );
+    }
     let llama_label = format!(
         "llama.cpp via llama-cpp-python {}",
         llama["version"].as_str().unwrap_or("?")
     );
-    println!(
-        "| generator prefill, {}-token prompt | {:.1} tokens/s | {:.1} tokens/s | {} | {} |",
-        prompt.len(),
-        prefill_rate[0],
-        prefill_rate[1],
-        peer_cell(llama_prefill, "tokens", &llama_label),
-        ratio(prefill_rate[1], llama_prefill)
-    );
-    println!(
-        "| generator greedy decode, {} tokens | {:.1} tokens/s | {:.1} tokens/s | {} | {} |",
-        args.decode_tokens,
-        decode_rate[0],
-        decode_rate[1],
-        peer_cell(llama_decode, "tokens", &llama_label),
-        ratio(decode_rate[1], llama_decode)
-    );
-    if let Some(gap) = embedding_gap {
+    for (r, prefill_rate, decode_rate) in &rates {
+        println!(
+            "| generator prefill, {}-token prompt (eerag on {}) | {:.1} tokens/s | {:.1} tokens/s | {} | {} |",
+            prompt.len(),
+            r.backend,
+            prefill_rate[0],
+            prefill_rate[1],
+            peer_cell(llama_prefill, "tokens", &llama_label),
+            ratio(prefill_rate[1], llama_prefill)
+        );
+        println!(
+            "| generator greedy decode, {} tokens (eerag on {}) | {:.1} tokens/s | {:.1} tokens/s | {} | {} |",
+            args.decode_tokens,
+            r.backend,
+            decode_rate[0],
+            decode_rate[1],
+            peer_cell(llama_decode, "tokens", &llama_label),
+            ratio(decode_rate[1], llama_decode)
+        );
+    }
+    if let Some(gap) = worst_gap {
         println!("same weights: sentence-transformers' embeddings differ from eerag's by at most {gap:.1e}");
     }
-    if let Some(n) = common_prefix {
-        println!(
-            "greedy tokens: eerag encrypted = eerag plaintext; llama.cpp agrees on the first {n} of {} (different kernels round differently)",
-            args.decode_tokens
-        );
+    for (r, _, _) in &rates {
+        if let Some(n) = common_prefix(&r.tokens) {
+            println!(
+                "greedy tokens on {}: eerag encrypted = eerag plaintext; llama-cpp-python agrees on the first {n} of {}",
+                r.backend, args.decode_tokens
+            );
+        }
     }
     for (name, why) in &skipped {
         println!("skipped {name}: {why}");

@@ -150,6 +150,10 @@ pub struct DeviceArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: eerag_shared::device::DeviceChoice,
+    /// The generator's implementation: auto (llama.cpp for a GGUF on the
+    /// CPU when this binary has it, else candle), candle or llama-cpp.
+    #[arg(long, default_value = "auto")]
+    pub generator_backend: eerag_shared::models::GeneratorBackend,
 }
 
 impl DeviceArgs {
@@ -201,10 +205,11 @@ impl ModelsArg {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // The server reports each request (route templates, never bodies).
+    // qdrant-edge warns about its feature flags once per segment; llama.cpp
+    // warns that a host file's vocabulary is placeholders, as it should be.
     let default_filter = match cli.command {
-        Command::Serve(_) => "warn,eerag=info,eerag_query=info,qdrant_edge::common::flags=error,qdrant_edge::common::mmap=error",
-        // qdrant-edge warns about its feature flags once per segment.
-        _ => "warn,qdrant_edge::common::flags=error,qdrant_edge::common::mmap=error",
+        Command::Serve(_) => "warn,eerag=info,eerag_query=info,qdrant_edge::common::flags=error,qdrant_edge::common::mmap=error,llama-cpp-2=error",
+        _ => "warn,qdrant_edge::common::flags=error,qdrant_edge::common::mmap=error,llama-cpp-2=error",
     };
     tracing_subscriber::fmt()
         .with_env_filter(

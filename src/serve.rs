@@ -104,6 +104,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         },
         device: args.device.device,
         generator_dtype: crate::parse_dtype(args.generator_dtype.as_deref())?,
+        generator_backend: args.device.generator_backend,
         limits: ServiceLimits::default(),
         optimize_every: Duration::from_secs(60),
     };

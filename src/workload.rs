@@ -4,7 +4,9 @@
 use anyhow::{Context, Result};
 use candle_core::Device;
 use eerag_shared::models::fetch::ModelsDir;
+use eerag_shared::models::GeneratorOptions;
 use eerag_shared::side_by_side::SideBySide;
+use eerag_shared::transform::HostArtifacts;
 use eerag_shared::Key;
 
 /// The sample corpus, compiled in so the binary runs from any directory.
@@ -43,6 +45,8 @@ pub fn sample_paragraphs() -> Vec<(&'static str, String)> {
 /// The public models beside the transformed models of one throwaway key.
 pub struct Pair {
     pub sides: SideBySide,
+    /// The transformed models `sides` loaded its host side from.
+    pub artifacts: HostArtifacts,
     pub transform_secs: f64,
     _artifacts_dir: tempfile::TempDir,
 }
@@ -51,28 +55,34 @@ impl Pair {
     /// Generates a key, transforms the models into a temporary directory and
     /// loads both sides on the CPU.
     pub fn prepare(models: &ModelsDir) -> Result<Self> {
-        Self::prepare_on(models, &models.generator_gguf(), &Device::Cpu)
+        Self::prepare_on(
+            models,
+            &models.generator_gguf(),
+            &GeneratorOptions::on(&Device::Cpu),
+        )
     }
 
     /// As [`Pair::prepare`], with the public generator at `generator_base`
-    /// (GGUF or safetensors folder) and both sides on `device`.
+    /// (GGUF or safetensors folder), both generators loaded as `generator`
+    /// says and the encoders on its device.
     pub fn prepare_on(
         models: &ModelsDir,
         generator_base: &std::path::Path,
-        device: &Device,
+        generator: &GeneratorOptions,
     ) -> Result<Self> {
         let key = Key::generate()?;
         let artifacts_dir = tempfile::tempdir()?;
-        let (sides, _, transform_secs) = SideBySide::transform_and_load_with(
+        let (sides, artifacts, transform_secs) = SideBySide::transform_and_load_with(
             &key,
             models,
             generator_base,
             &artifacts_dir.path().join("artifacts"),
-            device,
+            generator,
         )
         .context("transforming and loading the models")?;
         Ok(Self {
             sides,
+            artifacts,
             transform_secs,
             _artifacts_dir: artifacts_dir,
         })

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use eerag_shared::models::{Decoding, Encoder, GenerationOptions, Generator, Session, StopReason};
+use eerag_shared::models::{
+    Decoding, Encoder, GenerationOptions, Generator, GeneratorBackend, GeneratorOptions, Session,
+    StopReason,
+};
 use eerag_shared::transform::HostArtifacts;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -59,6 +62,9 @@ pub struct Placement {
     /// A safetensors generator's compute dtype (`None`: the weights' own;
     /// GGUF generators keep their quantization).
     pub generator_dtype: Option<DType>,
+    /// Which implementation runs the generator (`Auto`: llama.cpp for a
+    /// GGUF on the CPU when the build has it, candle otherwise).
+    pub generator_backend: GeneratorBackend,
 }
 
 impl Placement {
@@ -72,6 +78,7 @@ impl Placement {
         Self {
             device,
             generator_dtype: None,
+            generator_backend: GeneratorBackend::Auto,
         }
     }
 }
@@ -133,12 +140,16 @@ impl Engine {
         let model = |e: eerag_shared::EeError| EngineError::Model(e.to_string());
         let device = &placement.device;
         let encoder = Encoder::load(&artifacts.encoder_dir(), device).map_err(model)?;
-        let generator = Generator::load_as(
+        let generator = Generator::load_with(
             &artifacts.generator_path(),
-            placement.generator_dtype,
-            device,
+            &GeneratorOptions {
+                backend: placement.generator_backend,
+                dtype: placement.generator_dtype,
+                ..GeneratorOptions::on(device)
+            },
         )
         .map_err(model)?;
+        tracing::info!(backend = %generator.backend(), "generator loaded");
         let facts = ModelFacts {
             encoder_vocab: encoder.vocab_size(),
             encoder_max_tokens: encoder.max_tokens(),

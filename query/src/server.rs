@@ -10,6 +10,7 @@ use candle_core::DType;
 use eerag_ingest::edge_store::Recovery;
 use eerag_ingest::StoreSpec;
 use eerag_shared::device::{self, DeviceChoice};
+use eerag_shared::models::GeneratorBackend;
 use eerag_shared::transform::HostArtifacts;
 use eerag_shared::KeyId;
 use tokio::net::TcpListener;
@@ -71,6 +72,8 @@ pub struct ServeConfig {
     pub device: DeviceChoice,
     /// Compute dtype of a safetensors generator (`None`: the weights' own).
     pub generator_dtype: Option<DType>,
+    /// Which implementation runs the generator.
+    pub generator_backend: GeneratorBackend,
     pub limits: ServiceLimits,
     /// How often the store's optimiser runs.
     pub optimize_every: Duration,
@@ -92,6 +95,7 @@ impl ServeConfig {
             engine: EngineLimits::default(),
             device: DeviceChoice::Auto,
             generator_dtype: None,
+            generator_backend: GeneratorBackend::Auto,
             limits: ServiceLimits::default(),
             optimize_every: Duration::from_secs(60),
         }
@@ -146,6 +150,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let placement = Placement {
         device: chosen.device.clone(),
         generator_dtype: config.generator_dtype,
+        generator_backend: config.generator_backend,
     };
     let mut models: Vec<ServedModels> = Vec::new();
     for dir in std::iter::once(&config.artifacts).chain(&config.more_artifacts) {

@@ -213,7 +213,10 @@ mod tests {
             "refuses to overwrite"
         );
 
-        let quantized = Generator::load(&gguf_path, &Device::Cpu).unwrap();
+        let quantized = crate::gguf::tests::load_on(
+            &gguf_path,
+            crate::models::generator::GeneratorBackend::Candle,
+        );
         let dense = Generator::load(&out, &Device::Cpu).unwrap();
         assert_eq!(dense.vocab_size(), quantized.vocab_size());
         assert_eq!(dense.context_length(), quantized.context_length());

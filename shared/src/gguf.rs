@@ -19,6 +19,10 @@ use crate::permutation::Permutation;
 pub const TOKEN_EMBEDDING: &str = "token_embd.weight";
 /// The output head, absent when it is tied to the token embedding.
 pub const OUTPUT_HEAD: &str = "output.weight";
+/// The metadata key naming the model family.
+const ARCHITECTURE_KEY: &str = "general.architecture";
+/// The metadata key naming the tokenizer model ("none" in host artifacts).
+pub const TOKENIZER_MODEL_KEY: &str = "tokenizer.ggml.model";
 
 /// Reads a GGUF file's header (metadata and tensor table).
 pub fn read(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
@@ -100,7 +104,8 @@ pub fn vocab_size(content: &gguf_file::Content) -> Result<usize> {
 
 /// Writes `out`: the model of `input` with the token-embedding rows (and the
 /// output-head rows, when the model has its own) permuted by `perm`, and with
-/// the tokenizer metadata removed (host artifacts carry no tokenizer).
+/// the tokenizer metadata replaced by an opaque vocabulary of the same size
+/// (host artifacts carry no tokenizer).
 /// Returns the vocabulary size.
 pub fn write_permuted(input: &Path, out: &Path, perm: &Permutation) -> Result<usize> {
     let (content, mut reader) = read(input)?;
@@ -138,6 +143,17 @@ pub fn write_permuted(input: &Path, out: &Path, perm: &Permutation) -> Result<us
         .iter()
         .filter(|(k, _)| !k.starts_with("tokenizer.") && k.as_str() != "general.alignment")
         .collect();
+    // llama.cpp refuses a model without a vocabulary. "none" with the size
+    // gives it placeholder tokens, so it runs on ids alone, as eerag does,
+    // and the file names no token.
+    let (no_vocab_key, vocab_size_key) = opaque_vocabulary_keys(&content)?;
+    let no_vocab = gguf_file::Value::String("none".into());
+    let vocab_count = gguf_file::Value::U32(
+        u32::try_from(vocab).map_err(|_| EeError::Model("vocabulary too large".into()))?,
+    );
+    metadata.retain(|(k, _)| **k != vocab_size_key);
+    metadata.push((&no_vocab_key, &no_vocab));
+    metadata.push((&vocab_size_key, &vocab_count));
     metadata.sort_by(|a, b| a.0.cmp(b.0));
     let md: Vec<(&str, &gguf_file::Value)> =
         metadata.iter().map(|(k, v)| (k.as_str(), *v)).collect();
@@ -152,6 +168,31 @@ pub fn write_permuted(input: &Path, out: &Path, perm: &Permutation) -> Result<us
     Ok(vocab)
 }
 
+/// The metadata keys of an opaque vocabulary: `tokenizer.ggml.model` (set to
+/// "none") and `<architecture>.vocab_size`.
+fn opaque_vocabulary_keys(content: &gguf_file::Content) -> Result<(String, String)> {
+    let arch = match content.metadata.get(ARCHITECTURE_KEY) {
+        Some(gguf_file::Value::String(arch)) => arch.clone(),
+        _ => return Err(EeError::Model(format!("GGUF has no {ARCHITECTURE_KEY}"))),
+    };
+    Ok((
+        TOKENIZER_MODEL_KEY.to_string(),
+        format!("{arch}.vocab_size"),
+    ))
+}
+
+/// Whether a metadata entry is the opaque vocabulary's `tokenizer.ggml.model
+/// = "none"`, the one tokenizer key a host file may carry (it names no token).
+pub fn is_opaque_vocabulary(key: &str, value: &gguf_file::Value) -> bool {
+    key == TOKENIZER_MODEL_KEY && matches!(value, gguf_file::Value::String(m) if m == "none")
+}
+
+/// Whether a GGUF names its tokenizer model (a public GGUF's real one, or the
+/// opaque "none" of host artifacts): llama.cpp needs it to load the file.
+pub fn declares_vocabulary(content: &gguf_file::Content) -> bool {
+    content.metadata.contains_key(TOKENIZER_MODEL_KEY)
+}
+
 /// Metadata of a GGUF file, for callers that need only the header.
 pub fn metadata(path: &Path) -> Result<HashMap<String, gguf_file::Value>> {
     Ok(read(path)?.0.metadata)
@@ -160,7 +201,9 @@ pub fn metadata(path: &Path) -> Result<HashMap<String, gguf_file::Value>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::models::generator::{GenerationOptions, Generator};
+    use crate::models::generator::{
+        GenerationOptions, Generator, GeneratorBackend, GeneratorOptions,
+    };
     use crate::sampling::Sampling;
     use candle_core::quantized::gguf_file::Value;
     use candle_core::{DType, Tensor};
@@ -226,12 +269,24 @@ pub(crate) mod tests {
             ("llama.rope.dimension_count", Value::U32(16)),
             ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
             ("llama.context_length", Value::U32(64)),
+            ("llama.feed_forward_length", Value::U32(2 * DIM as u32)),
             ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ];
         let md: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
         let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
         let mut f = File::create(path).unwrap();
         gguf_file::write(&mut f, &md, &ts).unwrap();
+    }
+
+    /// A generator on `backend`, on the CPU.
+    pub(crate) fn load_on(path: &Path, backend: GeneratorBackend) -> Generator {
+        let options = GeneratorOptions {
+            backend,
+            ..GeneratorOptions::on(&Device::Cpu)
+        };
+        let generator = Generator::load_with(path, &options).unwrap();
+        assert_eq!(generator.backend(), backend);
+        generator
     }
 
     /// Greedy-decodes `prompt` on `plain` and its encryption on `host` side
@@ -278,14 +333,22 @@ pub(crate) mod tests {
         assert!(content
             .metadata
             .keys()
-            .all(|k| !k.starts_with("tokenizer.")));
+            .all(|k| !k.starts_with("tokenizer.") || k == TOKENIZER_MODEL_KEY));
+        assert!(matches!(
+            &content.metadata[TOKENIZER_MODEL_KEY],
+            Value::String(model) if model == "none"
+        ));
+        assert_eq!(
+            content.metadata["llama.vocab_size"].to_u32().unwrap() as usize,
+            VOCAB
+        );
         assert_eq!(
             content.tensor_infos.contains_key(OUTPUT_HEAD),
             own_output_head
         );
 
-        let plain = Generator::load(&base, &Device::Cpu).unwrap();
-        let enc = Generator::load(&out, &Device::Cpu).unwrap();
+        let plain = load_on(&base, GeneratorBackend::Candle);
+        let enc = load_on(&out, GeneratorBackend::Candle);
         let prompt = [3u32, 17, 42, 5, 88];
         greedy_walk_permuted(&plain, &enc, &prompt, &perm, 10, "GGUF");
         let opts = |stop| GenerationOptions {
@@ -322,6 +385,121 @@ pub(crate) mod tests {
     #[test]
     fn own_output_head_is_permuted_too() {
         check_permuted_model(true);
+    }
+
+    /// llama.cpp runs the host file as written (opaque vocabulary): its
+    /// logits on encrypted ids are its plaintext logits permuted, bitwise, and
+    /// close to candle's on the same file.
+    #[cfg(feature = "llama-cpp")]
+    #[test]
+    fn llama_cpp_runs_host_files_bitwise_permuted() {
+        for own_output_head in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let base = dir.path().join("base.gguf");
+            tiny_llama(&base, own_output_head);
+            let (plain_path, enc_path) = (dir.path().join("id.gguf"), dir.path().join("enc.gguf"));
+            let identity = crate::permutation::Permutation::identity(VOCAB, "generator");
+            write_permuted(&base, &plain_path, &identity).unwrap();
+            let perm = crate::Key::from_secret([4; 32]).generator_permutation(VOCAB);
+            write_permuted(&base, &enc_path, &perm).unwrap();
+            let plain = load_on(&plain_path, GeneratorBackend::LlamaCpp);
+            let enc = load_on(&enc_path, GeneratorBackend::LlamaCpp);
+            assert_eq!((plain.vocab_size(), plain.context_length()), (VOCAB, 64));
+            let prompt = [3u32, 17, 42, 5, 88];
+            let tokens = greedy_walk_permuted(&plain, &enc, &prompt, &perm, 10, "llama.cpp");
+
+            let candle = load_on(&plain_path, GeneratorBackend::Candle);
+            let mut a = candle.session();
+            let mut b = plain.session();
+            let (la, lb) = (a.feed(&prompt).unwrap(), b.feed(&prompt).unwrap());
+            let scale = la.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let worst = la
+                .iter()
+                .zip(&lb)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                worst < 0.02 * scale,
+                "candle vs llama.cpp: {worst} of {scale}"
+            );
+            assert_eq!(crate::sampling::argmax(&la), tokens[0]);
+        }
+    }
+
+    /// A session forked on llama.cpp continues exactly as the original, and
+    /// steps over several sessions give what each gives alone.
+    #[cfg(feature = "llama-cpp")]
+    #[test]
+    fn llama_cpp_sessions_fork_and_step_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, host) = (dir.path().join("base.gguf"), dir.path().join("host.gguf"));
+        tiny_llama(&base, false);
+        let identity = crate::permutation::Permutation::identity(VOCAB, "generator");
+        write_permuted(&base, &host, &identity).unwrap();
+        let g = load_on(&host, GeneratorBackend::LlamaCpp);
+        let mut first = g.session();
+        first.feed(&[1, 2, 3, 4]).unwrap();
+        let mut copy = first.fork().unwrap();
+        assert_eq!(copy.position(), 4);
+        let mut other = g.session();
+        other.feed(&[9, 8]).unwrap();
+        let stepped = g
+            .step(&mut [&mut first, &mut copy, &mut other], &[5, 5, 7])
+            .unwrap();
+        assert_eq!(stepped[0], stepped[1]);
+        let mut alone = g.session();
+        alone.feed(&[9, 8]).unwrap();
+        assert_eq!(stepped[2], alone.feed(&[7]).unwrap());
+        assert!(g.step(&mut [&mut alone], &[VOCAB as u32]).is_err());
+        // Past the window is refused before llama.cpp sees it.
+        let mut full = g.session();
+        assert!(full.feed(&[1; 65]).is_err());
+        assert_eq!(full.position(), 0);
+    }
+
+    /// A host file without the opaque vocabulary: llama.cpp refuses it with
+    /// what to do, and the automatic backend runs it on candle instead.
+    #[cfg(feature = "llama-cpp")]
+    #[test]
+    fn old_host_files_fall_back_to_candle() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.gguf");
+        tiny_llama(&base, false);
+        let (content, _) = read(&base).unwrap();
+        let old = dir.path().join("old.gguf");
+        {
+            let (content2, mut reader) = read(&base).unwrap();
+            let mut tensors = Vec::new();
+            for (name, info) in &content2.tensor_infos {
+                let raw = raw_tensor(&mut reader, &content2, info).unwrap();
+                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    info.ggml_dtype,
+                    &raw,
+                    info.shape.dims().to_vec(),
+                    &Device::Cpu,
+                )
+                .unwrap();
+                tensors.push((name.clone(), q));
+            }
+            let md: Vec<(&str, &gguf_file::Value)> = content
+                .metadata
+                .iter()
+                .filter(|(k, _)| !k.starts_with("tokenizer."))
+                .map(|(k, v)| (k.as_str(), v))
+                .collect();
+            let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
+            gguf_file::write(&mut File::create(&old).unwrap(), &md, &ts).unwrap();
+        }
+        let options = GeneratorOptions {
+            backend: GeneratorBackend::LlamaCpp,
+            ..GeneratorOptions::on(&Device::Cpu)
+        };
+        let err = Generator::load_with(&old, &options)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("eerag transform"), "{err}");
+        let auto = Generator::load(&old, &Device::Cpu).unwrap();
+        assert_eq!(auto.backend(), GeneratorBackend::Candle);
     }
 
     #[test]

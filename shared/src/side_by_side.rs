@@ -10,7 +10,7 @@ use crate::client::{ClientCipher, ModelShape};
 use crate::error::{EeError, Result};
 use crate::key::Key;
 use crate::models::fetch::ModelsDir;
-use crate::models::{Encoder, Generator};
+use crate::models::{Encoder, Generator, GeneratorOptions};
 use crate::tokenize::{EncoderTokenizer, GeneratorTokenizer};
 use crate::transform::HostArtifacts;
 
@@ -41,19 +41,21 @@ impl SideBySide {
         artifacts: &HostArtifacts,
         device: &Device,
     ) -> Result<Self> {
-        Self::load_with(key, models, &models.generator_gguf(), artifacts, device)
+        let options = GeneratorOptions::on(device);
+        Self::load_with(key, models, &models.generator_gguf(), artifacts, &options)
     }
 
     /// As [`SideBySide::load`], with the public generator at
     /// `generator_base` (a GGUF or a safetensors folder of the models
     /// folder's generator, e.g. from `eerag models export-generator`; the
-    /// tokenizer still comes from the models folder's GGUF).
+    /// tokenizer still comes from the models folder's GGUF), both
+    /// generators loaded as `generator` says and both encoders on its device.
     pub fn load_with(
         key: &Key,
         models: &ModelsDir,
         generator_base: &Path,
         artifacts: &HostArtifacts,
-        device: &Device,
+        generator: &GeneratorOptions,
     ) -> Result<Self> {
         if artifacts.key_id() != key.id() {
             return Err(EeError::KeyMismatch {
@@ -61,10 +63,11 @@ impl SideBySide {
                 found: artifacts.key_id().to_string(),
             });
         }
+        let device = &generator.device;
         let plain_encoder = Encoder::load(&models.encoder_dir(), device)?;
         let host_encoder = Encoder::load(&artifacts.encoder_dir(), device)?;
-        let plain_generator = Generator::load(generator_base, device)?;
-        let host_generator = Generator::load(&artifacts.generator_path(), device)?;
+        let plain_generator = Generator::load_with(generator_base, generator)?;
+        let host_generator = Generator::load_with(&artifacts.generator_path(), generator)?;
         let m = artifacts.manifest();
         for (vocab, expected, found) in [
             ("encoder", m.encoder.vocab_size, plain_encoder.vocab_size()),
@@ -109,7 +112,8 @@ impl SideBySide {
         out: &Path,
         device: &Device,
     ) -> Result<(Self, HostArtifacts, f64)> {
-        Self::transform_and_load_with(key, models, &models.generator_gguf(), out, device)
+        let options = GeneratorOptions::on(device);
+        Self::transform_and_load_with(key, models, &models.generator_gguf(), out, &options)
     }
 
     /// As [`SideBySide::transform_and_load`], with the public generator at
@@ -119,13 +123,13 @@ impl SideBySide {
         models: &ModelsDir,
         generator_base: &Path,
         out: &Path,
-        device: &Device,
+        generator: &GeneratorOptions,
     ) -> Result<(Self, HostArtifacts, f64)> {
         let started = std::time::Instant::now();
         crate::transform::transform(key, &models.encoder_dir(), generator_base, out, false)?;
         let secs = started.elapsed().as_secs_f64();
         let artifacts = HostArtifacts::open(out, true)?;
-        let sides = Self::load_with(key, models, generator_base, &artifacts, device)?;
+        let sides = Self::load_with(key, models, generator_base, &artifacts, generator)?;
         Ok((sides, artifacts, secs))
     }
 }

@@ -448,8 +448,10 @@ impl HostArtifacts {
         }
         if manifest.generator.format == GeneratorFormat::Gguf
             && crate::gguf::metadata(&dir.join(GENERATOR_FILE))?
-                .keys()
-                .any(|k| k.starts_with("tokenizer."))
+                .iter()
+                .any(|(k, v)| {
+                    k.starts_with("tokenizer.") && !crate::gguf::is_opaque_vocabulary(k, v)
+                })
         {
             return Err(bad(format!(
                 "{GENERATOR_FILE} carries tokenizer metadata: the host takes transformed \

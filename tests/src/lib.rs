@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use candle_core::Device;
 use eerag_shared::models::fetch::ModelsDir;
+use eerag_shared::models::{Generator, GeneratorBackend, GeneratorOptions};
 use eerag_shared::side_by_side::SideBySide;
 use eerag_shared::transform::HostArtifacts;
 use eerag_shared::Key;
@@ -82,6 +83,43 @@ pub fn fixture() -> &'static Fixture {
             models,
             _dir: dir,
         }
+    })
+}
+
+/// The generator backends this build has: candle always, llama.cpp with the
+/// `llama-cpp` feature. Equivalence tests run on each.
+pub fn generator_backends() -> Vec<GeneratorBackend> {
+    let mut out = vec![GeneratorBackend::Candle];
+    if eerag_shared::models::generator::llama_cpp_compiled() {
+        out.push(GeneratorBackend::LlamaCpp);
+    }
+    out
+}
+
+/// The fixture's public and transformed generators on `backend` (CPU),
+/// loaded once per test binary and backend.
+pub fn generators_on(backend: GeneratorBackend) -> &'static (Generator, Generator) {
+    static CANDLE: OnceLock<(Generator, Generator)> = OnceLock::new();
+    static LLAMA_CPP: OnceLock<(Generator, Generator)> = OnceLock::new();
+    let cell = match backend {
+        GeneratorBackend::LlamaCpp => &LLAMA_CPP,
+        _ => &CANDLE,
+    };
+    cell.get_or_init(|| {
+        let f = fixture();
+        let options = GeneratorOptions {
+            backend,
+            ..GeneratorOptions::on(&Device::Cpu)
+        };
+        let load = |path: &std::path::Path| {
+            let g = Generator::load_with(path, &options).expect("load the generator");
+            assert_eq!(g.backend(), backend);
+            g
+        };
+        (
+            load(&f.models.generator_gguf()),
+            load(&f.artifacts.generator_path()),
+        )
     })
 }
 

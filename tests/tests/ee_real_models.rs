@@ -3,10 +3,10 @@
 //! the public models compute on plaintext ids.
 
 use eerag_shared::models::encoder::{CONFIG_FILE, ROTATION_TENSOR, WEIGHTS_FILE};
-use eerag_shared::models::{Encoder, GenerationOptions};
-use eerag_shared::sampling::Sampling;
+use eerag_shared::models::{Encoder, EncoderBackend, GenerationOptions, GeneratorBackend};
+use eerag_shared::sampling::{argmax, Sampling};
 use eerag_shared::tokenize::chatml_prompt;
-use eerag_tests::{fixture, greedy_walk_permuted, texts};
+use eerag_tests::{fixture, generator_backends, generators_on, greedy_walk_permuted, texts};
 
 fn embed_all(encoder: &Encoder, seqs: &[Vec<u32>]) -> Vec<Vec<f32>> {
     let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
@@ -16,7 +16,17 @@ fn embed_all(encoder: &Encoder, seqs: &[Vec<u32>]) -> Vec<Vec<f32>> {
 
 #[test]
 fn encoder_on_encrypted_ids_gives_rotated_plaintext_embeddings() {
+    for backend in [EncoderBackend::Candle, EncoderBackend::Cpu] {
+        encrypted_embeddings_are_rotated_plaintext(backend);
+    }
+}
+
+fn encrypted_embeddings_are_rotated_plaintext(backend: EncoderBackend) {
     let f = fixture();
+    let cpu = candle_core::Device::Cpu;
+    let plain_encoder = Encoder::load_with(&f.models.encoder_dir(), &cpu, backend).unwrap();
+    let host_encoder = Encoder::load_with(&f.artifacts.encoder_dir(), &cpu, backend).unwrap();
+    assert_eq!(host_encoder.backend(), backend);
     let plain: Vec<Vec<u32>> = texts()
         .iter()
         .map(|t| f.sides.encoder_tokenizer.encode(t).unwrap())
@@ -30,7 +40,7 @@ fn encoder_on_encrypted_ids_gives_rotated_plaintext_embeddings() {
         .map(|s| f.sides.cipher.encrypt_encoder(s).unwrap().ids().to_vec())
         .collect();
     assert_ne!(plain, enc);
-    let plain_vecs = embed_all(&f.sides.plain_encoder, &plain);
+    let plain_vecs = embed_all(&plain_encoder, &plain);
 
     // 1. The permuted weights alone: bitwise identical embeddings.
     let dir = tempfile::tempdir().unwrap();
@@ -46,17 +56,20 @@ fn encoder_on_encrypted_ids_gives_rotated_plaintext_embeddings() {
         dir.path().join(CONFIG_FILE),
     )
     .unwrap();
-    let unrotated = Encoder::load(dir.path(), &candle_core::Device::Cpu).unwrap();
+    let unrotated = Encoder::load_with(dir.path(), &cpu, backend).unwrap();
     let unrotated_vecs = embed_all(&unrotated, &enc);
     for (i, (u, p)) in unrotated_vecs.iter().zip(&plain_vecs).enumerate() {
         let ub: Vec<u32> = u.iter().map(|x| x.to_bits()).collect();
         let pb: Vec<u32> = p.iter().map(|x| x.to_bits()).collect();
-        assert_eq!(ub, pb, "text {i}: permuted encoder is not bitwise exact");
+        assert_eq!(
+            ub, pb,
+            "{backend}, text {i}: permuted encoder is not bitwise exact"
+        );
     }
 
     // 2. The host artifacts (R folded in): R × plaintext within 1e-6.
-    assert!(f.sides.host_encoder.is_rotated());
-    let host_vecs = embed_all(&f.sides.host_encoder, &enc);
+    assert!(host_encoder.is_rotated());
+    let host_vecs = embed_all(&host_encoder, &enc);
     let rot = f.sides.cipher.rotation();
     let mut worst = 0f32;
     for (h, p) in host_vecs.iter().zip(&plain_vecs) {
@@ -64,7 +77,7 @@ fn encoder_on_encrypted_ids_gives_rotated_plaintext_embeddings() {
             worst = worst.max((a - b).abs());
         }
     }
-    assert!(worst <= 1e-6, "max |host − R·plain| = {worst}");
+    assert!(worst <= 1e-6, "{backend}: max |host − R·plain| = {worst}");
     // The rotation really hides the public vectors.
     let leaked = host_vecs
         .iter()
@@ -82,7 +95,43 @@ fn encoder_on_encrypted_ids_gives_rotated_plaintext_embeddings() {
             worst_cos = worst_cos.max(d);
         }
     }
-    assert!(worst_cos <= 1e-6, "cosine changed by {worst_cos}");
+    assert!(
+        worst_cos <= 1e-6,
+        "{backend}: cosine changed by {worst_cos}"
+    );
+}
+
+/// eerag's CPU BERT computes candle's (and Hugging Face's) function, and a
+/// sequence's embedding does not depend on what it is batched with (no
+/// padding reaches it).
+#[test]
+fn cpu_encoder_matches_candle_and_ignores_batching() {
+    let f = fixture();
+    let cpu = candle_core::Device::Cpu;
+    let candle = Encoder::load_with(&f.models.encoder_dir(), &cpu, EncoderBackend::Candle).unwrap();
+    let fast = Encoder::load_with(&f.models.encoder_dir(), &cpu, EncoderBackend::Cpu).unwrap();
+    assert_eq!(
+        Encoder::load(&f.models.encoder_dir(), &cpu)
+            .unwrap()
+            .backend(),
+        EncoderBackend::Cpu
+    );
+    let seqs: Vec<Vec<u32>> = texts()
+        .iter()
+        .map(|t| f.sides.encoder_tokenizer.encode(t).unwrap())
+        .collect();
+    let a = embed_all(&candle, &seqs);
+    let b = embed_all(&fast, &seqs);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-5, "cpu vs candle BERT: {worst}");
+    for (i, seq) in seqs.iter().enumerate().step_by(7) {
+        let alone = fast.embed(&[seq.as_slice()], 1).unwrap();
+        assert_eq!(alone[0], b[i], "text {i} alone vs batched");
+    }
 }
 
 #[test]
@@ -113,15 +162,51 @@ fn prompts() -> Vec<Vec<u32>> {
 fn generator_logits_are_plaintext_logits_permuted_bitwise_at_every_step() {
     let f = fixture();
     let perm = f.sides.cipher.generator_permutation();
+    for backend in generator_backends() {
+        let (plain, host) = generators_on(backend);
+        for (n, prompt) in prompts().iter().enumerate() {
+            greedy_walk_permuted(
+                plain,
+                host,
+                prompt,
+                perm,
+                16,
+                &format!("{backend}, prompt {n}"),
+            );
+        }
+    }
+}
+
+/// llama.cpp and candle run the same file with different kernels, so their
+/// logits round differently; they must still agree on what the model says.
+#[test]
+fn llama_cpp_and_candle_agree_on_greedy_tokens() {
+    if !eerag_shared::models::generator::llama_cpp_compiled() {
+        return;
+    }
+    let (candle, _) = generators_on(GeneratorBackend::Candle);
+    let (llama_cpp, _) = generators_on(GeneratorBackend::LlamaCpp);
     for (n, prompt) in prompts().iter().enumerate() {
-        greedy_walk_permuted(
-            &f.sides.plain_generator,
-            &f.sides.host_generator,
-            prompt,
-            perm,
-            16,
-            &format!("prompt {n}"),
+        let (mut a, mut b) = (candle.session(), llama_cpp.session());
+        let (la, lb) = (a.feed(prompt).unwrap(), b.feed(prompt).unwrap());
+        let scale = la.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let worst = la
+            .iter()
+            .zip(&lb)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            worst < 0.05 * scale,
+            "prompt {n}: logits differ by {worst} (scale {scale})"
         );
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        let (mut next_a, mut next_b) = (argmax(&la), argmax(&lb));
+        for _ in 0..4 {
+            ta.push(next_a);
+            tb.push(next_b);
+            next_a = argmax(&a.feed(&[next_a]).unwrap());
+            next_b = argmax(&b.feed(&[next_b]).unwrap());
+        }
+        assert_eq!(ta, tb, "prompt {n}: first greedy tokens");
     }
 }
 
@@ -150,7 +235,11 @@ fn decrypted_generations_equal_plaintext_for_greedy_and_seeded_sampling() {
         },
     ];
     let mut differs_from_greedy = false;
-    for prompt in prompts().iter().take(2) {
+    for (backend, prompt) in generator_backends()
+        .into_iter()
+        .flat_map(|b| prompts().into_iter().take(2).map(move |p| (b, p)))
+    {
+        let (plain_generator, host_generator) = generators_on(backend);
         let mut greedy = None;
         for sampling in &settings {
             let opts = |stop: u32| GenerationOptions {
@@ -158,19 +247,15 @@ fn decrypted_generations_equal_plaintext_for_greedy_and_seeded_sampling() {
                 stop_ids: vec![stop],
                 sampling: sampling.clone(),
             };
-            let plain = f
-                .sides
-                .plain_generator
+            let plain = plain_generator
                 .session()
-                .generate(prompt, &opts(im_end), |_| true)
+                .generate(&prompt, &opts(im_end), |_| true)
                 .unwrap();
             let mut streamed = Vec::new();
-            let host = f
-                .sides
-                .host_generator
+            let host = host_generator
                 .session()
                 .generate(
-                    c.encrypt_generator(prompt).unwrap().ids(),
+                    c.encrypt_generator(&prompt).unwrap().ids(),
                     &opts(c.encrypt_generator(&[im_end]).unwrap().ids()[0]),
                     |id| {
                         streamed.push(id);
@@ -180,7 +265,7 @@ fn decrypted_generations_equal_plaintext_for_greedy_and_seeded_sampling() {
                 .unwrap();
             assert_eq!(streamed, host.tokens);
             let decrypted = c.generator_permutation().invert_all(&host.tokens).unwrap();
-            assert_eq!(decrypted, plain.tokens, "{sampling:?}");
+            assert_eq!(decrypted, plain.tokens, "{backend}, {sampling:?}");
             assert_eq!(host.stop, plain.stop);
             assert!(!plain.tokens.is_empty());
             match greedy {

@@ -127,7 +127,7 @@ fn an_f16_safetensors_generator_transforms_exactly() {
         &f.models,
         &base,
         &dir.path().join("artifacts"),
-        &device,
+        &eerag_shared::models::GeneratorOptions::on(&device),
     )
     .unwrap();
     assert_eq!(

@@ -1,10 +1,16 @@
 //! Model loading and inference shared by client and host, plus the offline
 //! model fetcher.
 
+pub mod bert;
 pub mod encoder;
 pub mod fetch;
 pub mod generator;
 pub mod llama;
+#[cfg(feature = "llama-cpp")]
+pub mod llamacpp;
 
-pub use encoder::Encoder;
-pub use generator::{Decoding, Generation, GenerationOptions, Generator, Session, StopReason};
+pub use encoder::{Encoder, EncoderBackend};
+pub use generator::{
+    Decoding, Generation, GenerationOptions, Generator, GeneratorBackend, GeneratorOptions,
+    Session, StopReason,
+};

@@ -184,6 +184,7 @@ impl Generator {
             LlamaCppOptions {
                 threads: options.threads.unwrap_or(defaults.threads),
                 context: options.context,
+                ..defaults
             },
         )?;
         Ok(Self {

@@ -15,7 +15,7 @@
 
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::session::LlamaStateSeqFlags;
@@ -33,6 +33,10 @@ use crate::gguf;
 const PROMPT_CHUNK: usize = 512;
 /// The one sequence id each session's context holds.
 const SEQUENCE: i32 = 0;
+/// Idle contexts a model keeps for its next sessions: making one allocates
+/// and clears the KV cache of the whole window (about 190 MB for SmolLM2's
+/// 8,192 tokens), which would otherwise land on every answer's first token.
+const IDLE_CONTEXTS: usize = 8;
 
 /// llama.cpp's process-wide state, initialised once.
 fn backend() -> Result<&'static LlamaBackend> {
@@ -58,6 +62,11 @@ pub struct LlamaCppOptions {
     /// trained context. Every session allocates its KV cache for the whole
     /// window up front.
     pub context: Option<usize>,
+    /// llama.cpp's flash attention. Off by default, as in llama-cpp-python:
+    /// on this project's 2-core machines a 197-token prompt ran at 174–181
+    /// tokens/s with it and 186–218 without (`bench --peers`, 2026-12-02),
+    /// and with it off eerag's greedy tokens equal llama-cpp-python's.
+    pub flash_attention: bool,
 }
 
 impl Default for LlamaCppOptions {
@@ -65,16 +74,20 @@ impl Default for LlamaCppOptions {
         Self {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             context: None,
+            flash_attention: false,
         }
     }
 }
 
 /// A GGUF model loaded by llama.cpp. Sessions share its weights.
 pub struct LlamaCppModel {
+    // Declared before `model`, so the idle contexts are freed first.
+    idle: Mutex<Vec<LlamaContext<'static>>>,
     model: LlamaModel,
     vocab: usize,
     context: usize,
     threads: i32,
+    flash_attention: bool,
 }
 
 impl LlamaCppModel {
@@ -107,10 +120,12 @@ impl LlamaCppModel {
         let trained = model.n_ctx_train() as usize;
         let context = options.context.map_or(trained, |c| c.clamp(1, trained));
         Ok(Self {
+            idle: Mutex::new(Vec::new()),
             model,
             vocab,
             context,
             threads,
+            flash_attention: options.flash_attention,
         })
     }
 
@@ -124,8 +139,24 @@ impl LlamaCppModel {
         self.context
     }
 
-    /// A fresh sequence with its own (empty) KV cache.
+    /// A fresh sequence with its own (empty) KV cache: an idle context if
+    /// there is one, else a new one.
     pub fn sequence(self: &Arc<Self>) -> Result<LlamaCppSequence> {
+        let idle = self.idle.lock().map(|mut idle| idle.pop()).unwrap_or(None);
+        let context = match idle {
+            Some(context) => context,
+            None => self.new_context()?,
+        };
+        Ok(LlamaCppSequence {
+            context: Some(context),
+            batch: LlamaBatch::new(PROMPT_CHUNK, 1),
+            position: 0,
+            model: self.clone(),
+        })
+    }
+
+    /// A new context over the whole window.
+    fn new_context(&self) -> Result<LlamaContext<'static>> {
         let window = u32::try_from(self.context)
             .ok()
             .and_then(NonZeroU32::new)
@@ -136,32 +167,55 @@ impl LlamaCppModel {
             .with_n_ubatch(PROMPT_CHUNK as u32)
             .with_n_seq_max(1)
             .with_n_threads(self.threads)
-            .with_n_threads_batch(self.threads);
-        // SAFETY: the context borrows the model, which the sequence keeps
-        // alive through its `Arc` and drops after the context (field order).
+            .with_n_threads_batch(self.threads)
+            .with_flash_attention_policy(if self.flash_attention {
+                llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED
+            } else {
+                llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED
+            });
+        // SAFETY: the context borrows the model. It lives either in a
+        // sequence, which holds the model's `Arc` and frees the context (or
+        // hands it back) before that, or in the model's idle list, which is
+        // freed before the model (field order).
         let model: &'static LlamaModel = unsafe { &*std::ptr::addr_of!(self.model) };
-        let context = model
+        model
             .new_context(backend()?, params)
-            .map_err(|e| EeError::Model(format!("llama.cpp context: {e}")))?;
-        Ok(LlamaCppSequence {
-            context,
-            batch: LlamaBatch::new(PROMPT_CHUNK, 1),
-            position: 0,
-            model: self.clone(),
-        })
+            .map_err(|e| EeError::Model(format!("llama.cpp context: {e}")))
     }
 }
 
 /// One session's state in llama.cpp: its context (KV cache) and position.
 pub struct LlamaCppSequence {
-    // Declared before `model`, so it is dropped first.
-    context: LlamaContext<'static>,
+    // Declared before `model`, so it is dropped first. `None` only while
+    // being handed back in `drop`.
+    context: Option<LlamaContext<'static>>,
     batch: LlamaBatch<'static>,
     position: usize,
     model: Arc<LlamaCppModel>,
 }
 
+impl Drop for LlamaCppSequence {
+    /// Hands the context back, emptied, for the model's next session.
+    fn drop(&mut self) {
+        if let Some(mut context) = self.context.take() {
+            context.clear_kv_cache();
+            if let Ok(mut idle) = self.model.idle.lock() {
+                if idle.len() < IDLE_CONTEXTS {
+                    idle.push(context);
+                }
+            }
+        }
+    }
+}
+
 impl LlamaCppSequence {
+    /// The context (present until drop).
+    fn context(&mut self) -> Result<&mut LlamaContext<'static>> {
+        self.context
+            .as_mut()
+            .ok_or_else(|| EeError::Model("llama.cpp context already released".into()))
+    }
+
     /// Tokens processed so far.
     pub fn position(&self) -> usize {
         self.position
@@ -186,13 +240,17 @@ impl LlamaCppSequence {
                     .add(token, pos, &[SEQUENCE], wants_logits)
                     .map_err(|e| EeError::Model(format!("llama.cpp batch: {e}")))?;
             }
-            self.context
+            let context = self
+                .context
+                .as_mut()
+                .ok_or_else(|| EeError::Model("llama.cpp context already released".into()))?;
+            context
                 .decode(&mut self.batch)
                 .map_err(|e| EeError::Model(format!("llama.cpp decode: {e}")))?;
             self.position += chunk.len();
         }
         let last = self.batch.n_tokens() - 1;
-        Ok(self.context.get_logits_ith(last).to_vec())
+        Ok(self.context()?.get_logits_ith(last).to_vec())
     }
 
     /// A copy that continues from the same point, with its own KV cache.
@@ -201,9 +259,11 @@ impl LlamaCppSequence {
         if self.position > 0 {
             let state = self
                 .context
+                .as_ref()
+                .ok_or_else(|| EeError::Model("llama.cpp context already released".into()))?
                 .state_seq_get(SEQUENCE, LlamaStateSeqFlags::empty())
                 .map_err(|e| EeError::Model(format!("llama.cpp state: {e}")))?;
-            copy.context
+            copy.context()?
                 .state_seq_set(&state, SEQUENCE)
                 .map_err(|e| EeError::Model(format!("llama.cpp state: {e}")))?;
             copy.position = self.position;

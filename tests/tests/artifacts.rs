@@ -38,9 +38,17 @@ fn artifacts_hold_only_permuted_weights_and_a_verifiable_manifest() {
     assert_eq!(found, expected);
     assert!(found.iter().all(|f| !f.contains("tokenizer")));
     let md = gguf::metadata(&f.artifacts.generator_path()).unwrap();
+    // The one tokenizer key left is the opaque vocabulary llama.cpp needs:
+    // "none", naming no token, and the size.
     assert!(
-        md.keys().all(|k| !k.starts_with("tokenizer.")),
+        md.iter()
+            .all(|(k, v)| !k.starts_with("tokenizer.") || gguf::is_opaque_vocabulary(k, v)),
         "GGUF kept tokenizer metadata"
+    );
+    assert!(md.contains_key(gguf::TOKENIZER_MODEL_KEY));
+    assert_eq!(
+        md["llama.vocab_size"].to_u32().unwrap() as usize,
+        m.generator.vocab_size
     );
     assert!(md.contains_key("llama.block_count"));
 

@@ -294,7 +294,9 @@ fn re_embed_catches_up_with_writes_made_while_it_ran() {
     assert_eq!(report.documents, 3);
     assert_eq!(report.documents_removed, 1);
     assert!(report.old_version_deleted);
-    // Dense rankings and scores are exactly the old version's. BM25 counts
+    // Dense rankings are the old version's, and scores equal to float
+    // rounding (the CPU encoder's products round a text's last bits
+    // differently in a batch of another size). BM25 counts
     // deleted chunks that tantivy has not merged away yet, and the old
     // version still holds the deleted document (it shared a segment),
     // while the new one does not (its copy was alone in a segment, which
@@ -302,11 +304,15 @@ fn re_embed_catches_up_with_writes_made_while_it_ran() {
     // collection freshly built from the same documents does (in other
     // segments, so BM25 sums can differ in their last bits).
     let after = rankings(&c, "docs");
-    for (i, (a, e)) in after.iter().zip(&expected).enumerate() {
-        if i % 3 == 0 {
-            assert_eq!(a, e, "dense rankings of {:?}", QUERIES[i / 3]);
-        }
-    }
+    let dense = |r: &[Vec<(String, String, f32)>]| -> Vec<Vec<(String, String, f32)>> {
+        // Keep the slots (assert_same names queries and modes by index),
+        // emptying the keyword and hybrid ones.
+        r.iter()
+            .enumerate()
+            .map(|(i, h)| if i % 3 == 0 { h.clone() } else { Vec::new() })
+            .collect()
+    };
+    assert_same(&dense(&after), &dense(&expected), 1e-6);
     c.create_collection("fresh").unwrap();
     let kept: Vec<TextDocument> = sample_documents()
         .into_iter()

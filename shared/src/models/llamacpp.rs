@@ -12,6 +12,9 @@
 //!
 //! Each session owns a llama.cpp context (its KV cache); the model's weights
 //! are shared. Candle stays the backend for GPUs and safetensors folders.
+//! llama.cpp is built without OpenMP by default: OpenMP's spinning workers
+//! halved decode inside the host on 2 cores (feature `llama-cpp-openmp`
+//! turns it on; README, CPU speed).
 
 use std::num::NonZeroU32;
 use std::path::Path;

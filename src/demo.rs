@@ -33,7 +33,7 @@ pub fn run(
     models: &ModelsArg,
     questions: &[String],
     keep: Option<&Path>,
-    device: eerag_shared::device::DeviceChoice,
+    device: &crate::DeviceArgs,
 ) -> Result<()> {
     let started = Instant::now();
     let dir = models.resolve();
@@ -80,7 +80,8 @@ pub fn run(
     // Host side: holds the artifacts and the store, never the key.
     let t = Instant::now();
     let server = BackgroundServer::start(ServeConfig {
-        device,
+        device: device.device,
+        generator_backend: device.generator_backend,
         ..ServeConfig::local(artifacts, work.join("host-data"))
     })?;
     println!(

@@ -292,7 +292,7 @@ fn main() -> Result<()> {
             question,
             keep,
             device,
-        } => demo::run(&models, &question, keep.as_deref(), device.device)?,
+        } => demo::run(&models, &question, keep.as_deref(), &device)?,
         Command::Eval(args) => eval_cmd::run(&args)?,
         Command::Bench(args) => bench::run(&args)?,
         Command::Attack(args) => attack_cmd::run(&args)?,

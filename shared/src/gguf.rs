@@ -278,6 +278,17 @@ pub(crate) mod tests {
         gguf_file::write(&mut f, &md, &ts).unwrap();
     }
 
+    /// Asserts that two runs of one model's function agree: the largest
+    /// logit difference under 2% of the largest logit (different kernels or
+    /// weight formats round differently; a wrong row order or RoPE would be
+    /// off by whole units).
+    pub(crate) fn assert_logits_close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: vocabulary sizes");
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(worst < 0.02 * scale, "{what}: max diff {worst} of {scale}");
+    }
+
     /// A generator on `backend`, on the CPU.
     pub(crate) fn load_on(path: &Path, backend: GeneratorBackend) -> Generator {
         let options = GeneratorOptions {
@@ -412,15 +423,7 @@ pub(crate) mod tests {
             let mut a = candle.session();
             let mut b = plain.session();
             let (la, lb) = (a.feed(&prompt).unwrap(), b.feed(&prompt).unwrap());
-            let scale = la.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let worst = la
-                .iter()
-                .zip(&lb)
-                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(
-                worst < 0.02 * scale,
-                "candle vs llama.cpp: {worst} of {scale}"
-            );
+            assert_logits_close(&la, &lb, "candle vs llama.cpp");
             assert_eq!(crate::sampling::argmax(&la), tokens[0]);
         }
     }

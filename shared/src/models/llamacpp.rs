@@ -1,5 +1,5 @@
 //! llama.cpp as the generator backend for GGUF files on the CPU (cargo
-//! feature `llama-cpp`, on by default), through the `llama-cpp-2` bindings.
+//! feature `llama-cpp`, on by default), through its C API (`llama-cpp-sys-2`).
 //!
 //! Why a second backend: on the CPU, llama.cpp's quantized kernels process a
 //! prompt about 10× and decode about 4× faster than candle's on the same file
@@ -10,24 +10,26 @@
 //! arithmetic the same, so encrypted logits are the plaintext ones permuted,
 //! bitwise, as on candle (tested on the real model in eerag-tests).
 //!
-//! Each session owns a llama.cpp context (its KV cache); the model's weights
-//! are shared. Candle stays the backend for GPUs and safetensors folders.
-//! llama.cpp is built without OpenMP by default: OpenMP's spinning workers
-//! halved decode inside the host on 2 cores (feature `llama-cpp-openmp`
-//! turns it on; README, CPU speed).
+//! Each session owns a llama.cpp context (its KV cache) and a ggml thread
+//! pool; the model's weights are shared. Candle stays the backend for GPUs
+//! and safetensors folders. llama.cpp is built without OpenMP by default:
+//! OpenMP's spinning workers halved decode inside the host on 2 cores
+//! (feature `llama-cpp-openmp` turns it on; README, CPU speed).
+//!
+//! Models, contexts and batches go through llama.cpp's C API
+//! (`llama-cpp-sys-2`) rather than `llama-cpp-2`'s safe wrappers, because
+//! those keep the context pointer private and a thread pool can only be
+//! attached through it. Without one, ggml starts and joins its worker
+//! threads for every graph, that is for every decoded token. `llama-cpp-2`
+//! still starts the backend and routes llama.cpp's logs.
 
-use std::num::NonZeroU32;
+use std::ffi::CString;
 use std::path::Path;
+use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::context::session::LlamaStateSeqFlags;
-use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::token::LlamaToken;
+use llama_cpp_sys_2 as sys;
 
 use crate::error::{EeError, Result};
 use crate::gguf;
@@ -35,7 +37,7 @@ use crate::gguf;
 /// Most tokens one `llama_decode` call takes: longer prompts go in pieces.
 const PROMPT_CHUNK: usize = 512;
 /// The one sequence id each session's context holds.
-const SEQUENCE: i32 = 0;
+const SEQUENCE: sys::llama_seq_id = 0;
 /// Idle contexts a model keeps for its next sessions: making one allocates
 /// and clears the KV cache of the whole window (about 190 MB for SmolLM2's
 /// 8,192 tokens), which would otherwise land on every answer's first token.
@@ -70,6 +72,10 @@ pub struct LlamaCppOptions {
     /// tokens/s with it and 186–218 without (`bench --peers`, 2026-12-02),
     /// and with it off eerag's greedy tokens equal llama-cpp-python's.
     pub flash_attention: bool,
+    /// How long the thread pool's workers spin for the next graph before
+    /// they sleep, as ggml's polling level (0 sleeps at once; ggml's own
+    /// default is 50, about a millisecond here).
+    pub poll: u32,
 }
 
 impl Default for LlamaCppOptions {
@@ -78,19 +84,187 @@ impl Default for LlamaCppOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             context: None,
             flash_attention: false,
+            poll: DEFAULT_POLL,
         }
+    }
+}
+
+/// The workers' polling level by default (see [`LlamaCppOptions::poll`]).
+const DEFAULT_POLL: u32 = 50;
+
+/// A model as llama.cpp loaded it; freed on drop.
+struct RawModel(NonNull<sys::llama_model>);
+
+// SAFETY: llama.cpp's model is read-only once loaded and is meant to be
+// shared by contexts on several threads.
+unsafe impl Send for RawModel {}
+unsafe impl Sync for RawModel {}
+
+impl Drop for RawModel {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from llama_model_load_from_file and every
+        // context made from it is gone (see LlamaCppModel's field order and
+        // LlamaCppSequence's Arc).
+        unsafe { sys::llama_model_free(self.0.as_ptr()) }
+    }
+}
+
+/// A context (one sequence's KV cache) with the thread pool it computes on;
+/// both freed on drop, the context first.
+struct RawContext {
+    context: NonNull<sys::llama_context>,
+    pool: NonNull<sys::ggml_threadpool>,
+}
+
+// SAFETY: a context is used by one thread at a time (every use takes
+// `&mut self`); moving it between threads is allowed by llama.cpp.
+unsafe impl Send for RawContext {}
+
+impl Drop for RawContext {
+    fn drop(&mut self) {
+        // SAFETY: both pointers are owned by this value; the context is
+        // freed before the pool it is attached to.
+        unsafe {
+            sys::llama_free(self.context.as_ptr());
+            sys::ggml_threadpool_free(self.pool.as_ptr());
+        }
+    }
+}
+
+impl RawContext {
+    /// Empties the KV cache.
+    fn clear(&mut self) {
+        // SAFETY: a live context; its memory handle lives as long as it.
+        unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.context.as_ptr()), true) }
+    }
+
+    /// Runs `batch` and returns the logits of its last token (the only one
+    /// that asks for them).
+    fn decode(&mut self, batch: &RawBatch, vocab: usize) -> Result<Vec<f32>> {
+        // SAFETY: a live context and a batch whose `n_tokens` entries are
+        // filled (RawBatch::fill).
+        let status = unsafe { sys::llama_decode(self.context.as_ptr(), batch.batch) };
+        match status {
+            0 => {}
+            1 => {
+                return Err(EeError::Model(
+                    "llama.cpp: no room left in the KV cache".into(),
+                ))
+            }
+            2 => return Err(EeError::Model("llama.cpp: decode aborted".into())),
+            other => return Err(EeError::Model(format!("llama.cpp decode failed ({other})"))),
+        }
+        // SAFETY: the index is the batch's last token, which asked for
+        // logits; llama.cpp returns null for any other.
+        let logits =
+            unsafe { sys::llama_get_logits_ith(self.context.as_ptr(), batch.batch.n_tokens - 1) };
+        if logits.is_null() {
+            return Err(EeError::Model("llama.cpp returned no logits".into()));
+        }
+        // SAFETY: llama.cpp's logits row holds the vocabulary's size of
+        // floats and stays valid until the next decode; copied at once.
+        Ok(unsafe { std::slice::from_raw_parts(logits, vocab) }.to_vec())
+    }
+
+    /// The sequence's state (KV cache and position), to copy into another
+    /// context.
+    fn state(&self) -> Result<Vec<u8>> {
+        let context = self.context.as_ptr();
+        // SAFETY: a live context, and a buffer of the size it asked for.
+        unsafe {
+            let mut state = vec![0u8; sys::llama_state_seq_get_size(context, SEQUENCE)];
+            let written =
+                sys::llama_state_seq_get_data(context, state.as_mut_ptr(), state.len(), SEQUENCE);
+            if written == 0 {
+                return Err(EeError::Model("llama.cpp could not save a sequence".into()));
+            }
+            state.truncate(written);
+            Ok(state)
+        }
+    }
+
+    /// Loads a state saved by [`Self::state`] into this (empty) context.
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        // SAFETY: a live context reading `state.len()` bytes.
+        let read = unsafe {
+            sys::llama_state_seq_set_data(
+                self.context.as_ptr(),
+                state.as_ptr(),
+                state.len(),
+                SEQUENCE,
+            )
+        };
+        if read == 0 {
+            return Err(EeError::Model(
+                "llama.cpp could not restore a sequence".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A token batch for one sequence, up to [`PROMPT_CHUNK`] tokens.
+struct RawBatch {
+    batch: sys::llama_batch,
+}
+
+// SAFETY: the batch's arrays are owned by it and used under `&mut self`.
+unsafe impl Send for RawBatch {}
+
+impl Drop for RawBatch {
+    fn drop(&mut self) {
+        // SAFETY: allocated by llama_batch_init, freed once.
+        unsafe { sys::llama_batch_free(self.batch) }
+    }
+}
+
+impl RawBatch {
+    fn new() -> Self {
+        // SAFETY: plain allocation; `embd` 0 means token ids.
+        Self {
+            batch: unsafe { sys::llama_batch_init(PROMPT_CHUNK as i32, 0, 1) },
+        }
+    }
+
+    /// Puts `ids` at positions `start..`, logits wanted for the last one.
+    fn fill(&mut self, ids: &[u32], start: usize) -> Result<()> {
+        assert!(
+            ids.len() <= PROMPT_CHUNK,
+            "batch larger than its allocation"
+        );
+        let tokens = ids.iter().map(|&id| {
+            sys::llama_token::try_from(id)
+                .map_err(|_| EeError::InvalidArgument(format!("token id {id} out of range")))
+        });
+        for (i, token) in tokens.enumerate() {
+            let position = sys::llama_pos::try_from(start + i).map_err(|_| {
+                EeError::InvalidArgument(format!("position {} out of range", start + i))
+            })?;
+            // SAFETY: i < ids.len() <= PROMPT_CHUNK, the arrays' length, and
+            // each token's seq_id array has room for one sequence.
+            unsafe {
+                *self.batch.token.add(i) = token?;
+                *self.batch.pos.add(i) = position;
+                *self.batch.n_seq_id.add(i) = 1;
+                **self.batch.seq_id.add(i) = SEQUENCE;
+                *self.batch.logits.add(i) = i8::from(i + 1 == ids.len());
+            }
+        }
+        self.batch.n_tokens = ids.len() as i32;
+        Ok(())
     }
 }
 
 /// A GGUF model loaded by llama.cpp. Sessions share its weights.
 pub struct LlamaCppModel {
     // Declared before `model`, so the idle contexts are freed first.
-    idle: Mutex<Vec<LlamaContext<'static>>>,
-    model: LlamaModel,
+    idle: Mutex<Vec<RawContext>>,
+    model: RawModel,
     vocab: usize,
     context: usize,
     threads: i32,
     flash_attention: bool,
+    poll: u32,
 }
 
 impl LlamaCppModel {
@@ -111,16 +285,36 @@ impl LlamaCppModel {
         drop(content);
         let threads = i32::try_from(options.threads.max(1))
             .map_err(|_| EeError::InvalidArgument("too many threads".into()))?;
-        let model = LlamaModel::load_from_file(backend()?, path, &LlamaModelParams::default())
-            .map_err(|e| EeError::Model(format!("{}: llama.cpp: {e}", path.display())))?;
-        if usize::try_from(model.n_vocab()).ok() != Some(vocab) {
+        backend()?;
+        let c_path = path
+            .to_str()
+            .and_then(|p| CString::new(p).ok())
+            .ok_or_else(|| EeError::Model(format!("{}: path not usable", path.display())))?;
+        // SAFETY: a NUL-terminated path and llama.cpp's default parameters.
+        let raw = unsafe {
+            sys::llama_model_load_from_file(c_path.as_ptr(), sys::llama_model_default_params())
+        };
+        let model = RawModel(NonNull::new(raw).ok_or_else(|| {
+            EeError::Model(format!(
+                "{}: llama.cpp could not load it (its log says why)",
+                path.display()
+            ))
+        })?);
+        // SAFETY: a live model; the vocabulary lives as long as it.
+        let (n_vocab, trained) = unsafe {
+            let vocab = sys::llama_model_get_vocab(model.0.as_ptr());
+            (
+                sys::llama_vocab_n_tokens(vocab),
+                sys::llama_n_ctx_train(model.0.as_ptr()),
+            )
+        };
+        if usize::try_from(n_vocab).ok() != Some(vocab) {
             return Err(EeError::Model(format!(
-                "{}: llama.cpp sees {} tokens, the embedding has {vocab} rows",
-                path.display(),
-                model.n_vocab()
+                "{}: llama.cpp sees {n_vocab} tokens, the embedding has {vocab} rows",
+                path.display()
             )));
         }
-        let trained = model.n_ctx_train() as usize;
+        let trained = usize::try_from(trained).unwrap_or(0).max(1);
         let context = options.context.map_or(trained, |c| c.clamp(1, trained));
         Ok(Self {
             idle: Mutex::new(Vec::new()),
@@ -129,6 +323,7 @@ impl LlamaCppModel {
             context,
             threads,
             flash_attention: options.flash_attention,
+            poll: options.poll,
         })
     }
 
@@ -152,47 +347,65 @@ impl LlamaCppModel {
         };
         Ok(LlamaCppSequence {
             context: Some(context),
-            batch: LlamaBatch::new(PROMPT_CHUNK, 1),
+            batch: RawBatch::new(),
             position: 0,
             model: self.clone(),
         })
     }
 
-    /// A new context over the whole window.
-    fn new_context(&self) -> Result<LlamaContext<'static>> {
+    /// A new context over the whole window, with a thread pool of its own
+    /// (one per context, so sessions on different threads never share one).
+    fn new_context(&self) -> Result<RawContext> {
         let window = u32::try_from(self.context)
-            .ok()
-            .and_then(NonZeroU32::new)
-            .ok_or_else(|| EeError::Model("context window out of range".into()))?;
-        let params = LlamaContextParams::default()
-            .with_n_ctx(Some(window))
-            .with_n_batch(PROMPT_CHUNK as u32)
-            .with_n_ubatch(PROMPT_CHUNK as u32)
-            .with_n_seq_max(1)
-            .with_n_threads(self.threads)
-            .with_n_threads_batch(self.threads)
-            .with_flash_attention_policy(if self.flash_attention {
-                llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED
-            } else {
-                llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED
-            });
-        // SAFETY: the context borrows the model. It lives either in a
-        // sequence, which holds the model's `Arc` and frees the context (or
-        // hands it back) before that, or in the model's idle list, which is
-        // freed before the model (field order).
-        let model: &'static LlamaModel = unsafe { &*std::ptr::addr_of!(self.model) };
-        model
-            .new_context(backend()?, params)
-            .map_err(|e| EeError::Model(format!("llama.cpp context: {e}")))
+            .map_err(|_| EeError::Model("context window out of range".into()))?;
+        // SAFETY: plain parameter structs, filled in before use.
+        let mut params = unsafe { sys::llama_context_default_params() };
+        params.n_ctx = window;
+        params.n_batch = PROMPT_CHUNK as u32;
+        params.n_ubatch = PROMPT_CHUNK as u32;
+        params.n_seq_max = 1;
+        params.n_threads = self.threads;
+        params.n_threads_batch = self.threads;
+        params.flash_attn_type = if self.flash_attention {
+            sys::LLAMA_FLASH_ATTN_TYPE_ENABLED
+        } else {
+            sys::LLAMA_FLASH_ATTN_TYPE_DISABLED
+        };
+        // SAFETY: a live model (self holds it) and complete parameters.
+        let context =
+            NonNull::new(unsafe { sys::llama_init_from_model(self.model.0.as_ptr(), params) })
+                .ok_or_else(|| EeError::Model("llama.cpp could not make a context".into()))?;
+        // SAFETY: default pool parameters for our thread count.
+        let pool = unsafe {
+            let mut pool_params = sys::ggml_threadpool_params_default(self.threads);
+            pool_params.poll = self.poll;
+            NonNull::new(sys::ggml_threadpool_new(&mut pool_params))
+        };
+        let Some(pool) = pool else {
+            // SAFETY: the context just made, not used anywhere.
+            unsafe { sys::llama_free(context.as_ptr()) };
+            return Err(EeError::Model(
+                "ggml could not start its thread pool".into(),
+            ));
+        };
+        // SAFETY: both live; the pool outlives the context (RawContext::drop).
+        unsafe { sys::llama_attach_threadpool(context.as_ptr(), pool.as_ptr(), pool.as_ptr()) };
+        Ok(RawContext { context, pool })
     }
+}
+
+/// The error for a sequence whose context is gone (only ever while it is
+/// dropped; an error rather than a panic on the host).
+fn released() -> EeError {
+    EeError::Model("llama.cpp context already released".into())
 }
 
 /// One session's state in llama.cpp: its context (KV cache) and position.
 pub struct LlamaCppSequence {
     // Declared before `model`, so it is dropped first. `None` only while
     // being handed back in `drop`.
-    context: Option<LlamaContext<'static>>,
-    batch: LlamaBatch<'static>,
+    context: Option<RawContext>,
+    batch: RawBatch,
     position: usize,
     model: Arc<LlamaCppModel>,
 }
@@ -201,7 +414,7 @@ impl Drop for LlamaCppSequence {
     /// Hands the context back, emptied, for the model's next session.
     fn drop(&mut self) {
         if let Some(mut context) = self.context.take() {
-            context.clear_kv_cache();
+            context.clear();
             if let Ok(mut idle) = self.model.idle.lock() {
                 if idle.len() < IDLE_CONTEXTS {
                     idle.push(context);
@@ -212,13 +425,6 @@ impl Drop for LlamaCppSequence {
 }
 
 impl LlamaCppSequence {
-    /// The context (present until drop).
-    fn context(&mut self) -> Result<&mut LlamaContext<'static>> {
-        self.context
-            .as_mut()
-            .ok_or_else(|| EeError::Model("llama.cpp context already released".into()))
-    }
-
     /// Tokens processed so far.
     pub fn position(&self) -> usize {
         self.position
@@ -232,56 +438,31 @@ impl LlamaCppSequence {
     /// Feeds `ids` (checked by the caller: in the vocabulary, inside the
     /// window) and returns the next token's logits.
     pub fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
-        let chunks = ids.chunks(PROMPT_CHUNK);
-        let last_chunk = chunks.len().saturating_sub(1);
-        for (n, chunk) in chunks.enumerate() {
-            self.batch.clear();
-            for (i, &id) in chunk.iter().enumerate() {
-                let wants_logits = n == last_chunk && i + 1 == chunk.len();
-                let (token, pos) = (as_token(id)?, as_pos(self.position + i)?);
-                self.batch
-                    .add(token, pos, &[SEQUENCE], wants_logits)
-                    .map_err(|e| EeError::Model(format!("llama.cpp batch: {e}")))?;
-            }
-            let context = self
-                .context
-                .as_mut()
-                .ok_or_else(|| EeError::Model("llama.cpp context already released".into()))?;
-            context
-                .decode(&mut self.batch)
-                .map_err(|e| EeError::Model(format!("llama.cpp decode: {e}")))?;
+        if ids.is_empty() {
+            return Err(EeError::InvalidArgument("nothing to feed".into()));
+        }
+        let vocab = self.model.vocab;
+        let mut logits = Vec::new();
+        for chunk in ids.chunks(PROMPT_CHUNK) {
+            self.batch.fill(chunk, self.position)?;
+            let context = self.context.as_mut().ok_or_else(released)?;
+            logits = context.decode(&self.batch, vocab)?;
             self.position += chunk.len();
         }
-        let last = self.batch.n_tokens() - 1;
-        Ok(self.context()?.get_logits_ith(last).to_vec())
+        Ok(logits)
     }
 
     /// A copy that continues from the same point, with its own KV cache.
     pub fn fork(&self) -> Result<Self> {
         let mut copy = self.model.sequence()?;
         if self.position > 0 {
-            let state = self
-                .context
-                .as_ref()
-                .ok_or_else(|| EeError::Model("llama.cpp context already released".into()))?
-                .state_seq_get(SEQUENCE, LlamaStateSeqFlags::empty())
-                .map_err(|e| EeError::Model(format!("llama.cpp state: {e}")))?;
-            copy.context()?
-                .state_seq_set(&state, SEQUENCE)
-                .map_err(|e| EeError::Model(format!("llama.cpp state: {e}")))?;
+            let state = self.context.as_ref().ok_or_else(released)?.state()?;
+            copy.context
+                .as_mut()
+                .ok_or_else(released)?
+                .restore(&state)?;
             copy.position = self.position;
         }
         Ok(copy)
     }
-}
-
-fn as_token(id: u32) -> Result<LlamaToken> {
-    i32::try_from(id)
-        .map(LlamaToken)
-        .map_err(|_| EeError::InvalidArgument(format!("token id {id} out of range")))
-}
-
-fn as_pos(position: usize) -> Result<i32> {
-    i32::try_from(position)
-        .map_err(|_| EeError::InvalidArgument(format!("position {position} out of range")))
 }

@@ -123,6 +123,18 @@ fn encoder_workload(pair: &Pair, count: usize, len: usize) -> Result<Vec<Vec<u32
         .collect())
 }
 
+/// How much faster `ours` ran than `base`, round by round (same work in
+/// each round, so base seconds ÷ our seconds): (median, min, max). Pairing
+/// each round's runs cancels slow drift in machine load.
+pub(crate) fn speed_ratios(base: &[f64], ours: &[f64]) -> (f64, f64, f64) {
+    let ratios: Vec<f64> = base.iter().zip(ours).map(|(b, o)| b / o).collect();
+    (
+        median(ratios.clone()),
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    )
+}
+
 /// Seconds per round for each side.
 pub(crate) struct Timing {
     pub(crate) plain: Vec<f64>,
@@ -149,18 +161,13 @@ impl Timing {
     }
 
     pub(crate) fn figures(&self, work: f64) -> Figures {
-        let ratios: Vec<f64> = self
-            .plain
-            .iter()
-            .zip(&self.encrypted)
-            .map(|(p, e)| p / e)
-            .collect();
+        let (ratio, ratio_min, ratio_max) = speed_ratios(&self.plain, &self.encrypted);
         Figures {
             plain: work / median(self.plain.clone()),
             encrypted: work / median(self.encrypted.clone()),
-            ratio: median(ratios.clone()),
-            ratio_min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
-            ratio_max: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            ratio,
+            ratio_min,
+            ratio_max,
         }
     }
 }

@@ -6,15 +6,21 @@
 //! The peers are installed by this command into a virtual environment of
 //! their own (pinned versions, from PyPI) and driven by `benches/peers.py`;
 //! a peer that cannot be installed or loaded is skipped with the reason.
+//! The peer script stays running and runs one round per request, so every
+//! round runs eerag plaintext, eerag encrypted and the peer in turn (who
+//! goes first rotates) and each ratio is the median of per-round ratios:
+//! this machine's speed drifts by ±10–15% over minutes, which would otherwise
+//! land on one side.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::bench::median;
+use crate::bench::{median, speed_ratios};
 use crate::workload::{sample_paragraphs, Pair};
 use eerag_shared::models::fetch::ModelsDir;
 use eerag_shared::models::generator::llama_cpp_compiled;
@@ -137,12 +143,179 @@ fn embedding_gap(theirs: &[Value], ours: &[Vec<f32>]) -> Result<f64> {
     Ok(gap)
 }
 
-/// One generator backend's timings (plaintext, encrypted) and its tokens.
-struct GeneratorRun {
-    backend: GeneratorBackend,
-    prefill_secs: [Vec<f64>; 2],
-    decode_secs: [Vec<f64>; 2],
-    tokens: Vec<u32>,
+/// What the peer script prints before each of its replies.
+const REPLY: &str = "EERAG-PEER ";
+
+/// The peer script, running: it loads the peers once, then runs one round
+/// per request.
+struct PeerProcess {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PeerProcess {
+    /// Starts the script on `work` for the `wanted` peers; returns it with
+    /// its "ready" reply (each peer's versions, or why it is skipped).
+    fn start(python: &Path, wanted: &[&str], work: &Value) -> Result<(Self, Value)> {
+        let dir = tempfile::tempdir()?;
+        let script = dir.path().join("peers.py");
+        std::fs::write(&script, PEERS_PY)?;
+        let work_file = dir.path().join("work.json");
+        std::fs::write(&work_file, serde_json::to_vec(work)?)?;
+        let stderr = dir.path().join("stderr.txt");
+        let mut child = Command::new(python)
+            .arg(&script)
+            .arg(&work_file)
+            .arg(wanted.join(","))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr)?)
+            .spawn()
+            .context("running the peer script")?;
+        let (stdin, stdout) = match (child.stdin.take(), child.stdout.take()) {
+            (Some(i), Some(o)) => (i, BufReader::new(o)),
+            _ => bail!("the peer script's pipes are missing"),
+        };
+        let mut process = Self {
+            child,
+            stdin,
+            stdout,
+            stderr,
+            _dir: dir,
+        };
+        let ready = process.reply()?["ready"].take();
+        Ok((process, ready))
+    }
+
+    /// The next reply; other lines (libraries' own output) are skipped.
+    fn reply(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.stdout.read_line(&mut line)? == 0 {
+                let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+                let last = log.lines().rev().find(|l| !l.trim().is_empty());
+                bail!("the peer script exited: {}", last.unwrap_or("no message"));
+            }
+            if let Some(reply) = line.strip_prefix(REPLY) {
+                return serde_json::from_str(reply.trim()).context("reading a peer's reply");
+            }
+        }
+    }
+
+    /// One round of `peer`; `vectors` asks the encoder peer for its embeddings.
+    fn round(&mut self, peer: &str, vectors: bool) -> Result<Value> {
+        writeln!(self.stdin, "{}", json!({"peer": peer, "vectors": vectors}))?;
+        self.stdin.flush()?;
+        let reply = self.reply()?;
+        if let Some(why) = reply["error"].as_str() {
+            bail!("{why}");
+        }
+        Ok(reply)
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "{}", json!({"op": "quit"}));
+        let _ = self.stdin.flush();
+        let _ = self.child.wait();
+    }
+}
+
+/// The peers still in the running, and why the others dropped out.
+struct Peers {
+    process: Option<PeerProcess>,
+    ready: Value,
+    skipped: Vec<(String, String)>,
+}
+
+impl Peers {
+    /// Whether `peer` loaded and has not failed since.
+    fn alive(&self, peer: &str) -> bool {
+        self.process.is_some() && !self.skipped.iter().any(|(name, _)| name == peer)
+    }
+
+    /// One round of `peer`, or `None` (and it is skipped from now on) if it
+    /// is not running or this round failed.
+    fn round(&mut self, peer: &str, vectors: bool) -> Option<Value> {
+        if !self.alive(peer) {
+            return None;
+        }
+        let result = self.process.as_mut()?.round(peer, vectors);
+        match result {
+            Ok(reply) => Some(reply),
+            Err(e) => {
+                self.skipped
+                    .push((peer.to_string(), format!("failed in a round: {e:#}")));
+                None
+            }
+        }
+    }
+
+    /// `key` of the peer's "ready" reply (its versions).
+    fn info(&self, peer: &str, key: &str) -> String {
+        self.ready[peer][key].as_str().unwrap_or("?").to_string()
+    }
+}
+
+/// Who goes in which place in `round`: 0 and 1 are eerag plaintext and
+/// encrypted, 2 the peer; the first place rotates round by round.
+fn turns(round: usize) -> [usize; 3] {
+    [round % 3, (round + 1) % 3, (round + 2) % 3]
+}
+
+/// eerag's rates (plaintext, encrypted) and the peer's, all per second, with
+/// the median (min–max) of the per-round ratios eerag encrypted ÷ peer.
+struct Rates {
+    ours: [f64; 2],
+    peer: Option<f64>,
+    ratio: Option<(f64, f64, f64)>,
+}
+
+impl Rates {
+    /// From seconds per round (plaintext, encrypted, peer) for `work` units;
+    /// the peer counts only if it ran every round.
+    fn new(ours: &[Vec<f64>; 2], peer: &[f64], work: f64) -> Self {
+        let complete = !peer.is_empty() && peer.len() == ours[1].len();
+        Self {
+            ours: [
+                work / median(ours[0].clone()),
+                work / median(ours[1].clone()),
+            ],
+            peer: complete.then(|| work / median(peer.to_vec())),
+            ratio: complete.then(|| speed_ratios(peer, &ours[1])),
+        }
+    }
+
+    fn json(&self, unit: &str) -> Value {
+        json!({
+            format!("eerag_plaintext_{unit}_per_s"): self.ours[0],
+            format!("eerag_encrypted_{unit}_per_s"): self.ours[1],
+            format!("peer_{unit}_per_s"): self.peer,
+            "encrypted_over_peer": self.ratio.map(|r| r.0),
+            "encrypted_over_peer_min": self.ratio.map(|r| r.1),
+            "encrypted_over_peer_max": self.ratio.map(|r| r.2),
+        })
+    }
+
+    fn row(&self, work: &str, unit: &str, peer: &str) -> String {
+        let peer = match self.peer {
+            Some(r) => format!("{r:.1} {unit}/s ({peer})"),
+            None => format!("skipped ({peer})"),
+        };
+        let ratio = match self.ratio {
+            Some((median, min, max)) => format!("**{median:.2}** ({min:.2}–{max:.2})"),
+            None => "–".into(),
+        };
+        format!(
+            "| {work} | {:.1} {unit}/s | {:.1} {unit}/s | {peer} | {ratio} |",
+            self.ours[0], self.ours[1]
+        )
+    }
 }
 
 /// Embeddings further apart than this are not the same weights.
@@ -154,7 +327,7 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let (python, mut skipped) = install_peers(&args.venv);
+    let (python, skipped) = install_peers(&args.venv);
 
     let pair = Pair::prepare(models)?;
     let sides = &pair.sides;
@@ -174,10 +347,52 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
         &format!("Context:\n{context}\n\nQuestion: When does the clinic open on Saturdays?"),
     )?;
 
+    // The peers load once, before eerag's first round, on the same inputs.
+    let mut peers = Peers {
+        process: None,
+        ready: json!({}),
+        skipped,
+    };
+    let wanted: Vec<&str> = PEERS
+        .iter()
+        .map(|p| p.0)
+        .filter(|name| !peers.skipped.iter().any(|(s, _)| s == name))
+        .collect();
+    if !wanted.is_empty() {
+        eprintln!("  loading the peers: {}", wanted.join(", "));
+        let work = json!({
+            "threads": threads,
+            "sentences": sentences,
+            "batch": args.batch,
+            "max_seq_length": eerag_shared::tokenize::DEFAULT_ENCODER_MAX_TOKENS,
+            "encoder_dir": models.encoder_dir(),
+            "generator_gguf": models.generator_gguf(),
+            "prompt_ids": prompt,
+            "decode_tokens": args.decode_tokens,
+        });
+        match PeerProcess::start(&python, &wanted, &work) {
+            Ok((process, ready)) => {
+                for name in &wanted {
+                    if let Some(why) = ready[*name]["skipped"].as_str() {
+                        peers.skipped.push((name.to_string(), why.to_string()));
+                    }
+                }
+                peers.process = Some(process);
+                peers.ready = ready;
+            }
+            Err(e) => {
+                for name in &wanted {
+                    peers.skipped.push((name.to_string(), format!("{e:#}")));
+                }
+            }
+        }
+    }
+
     // eerag: tokenizing (and encrypting) is part of the timed work, as
     // sentence-transformers' encode() tokenizes too. Each encoder backend,
-    // candle first (the "before").
+    // candle first (the "before"), in turns with sentence-transformers.
     let mut encoder_runs = Vec::new();
+    let mut st_vectors: Option<Vec<Value>> = None;
     for backend in [EncoderBackend::Candle, EncoderBackend::Cpu] {
         let cpu = candle_core::Device::Cpu;
         let plain = Encoder::load_with(&models.encoder_dir(), &cpu, backend)?;
@@ -200,22 +415,47 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
         };
         embed(false)?; // warm-up
         let mut secs = [Vec::new(), Vec::new()];
+        let mut peer_secs = Vec::new();
         let mut plain_vectors = Vec::new();
         for round in 0..args.rounds {
-            for side in [round % 2, 1 - round % 2] {
-                let (t, vectors) = embed(side == 1)?;
-                secs[side].push(t);
-                if side == 0 {
+            for turn in turns(round) {
+                if turn == 2 {
+                    let reply = peers.round("sentence-transformers", st_vectors.is_none());
+                    if let Some(mut reply) = reply {
+                        peer_secs.push(reply["seconds"].as_f64().unwrap_or(f64::NAN));
+                        if let Value::Array(vectors) = reply["embeddings"].take() {
+                            st_vectors = Some(vectors);
+                        }
+                    }
+                    continue;
+                }
+                let (t, vectors) = embed(turn == 1)?;
+                secs[turn].push(t);
+                if turn == 0 {
                     plain_vectors = vectors;
                 }
             }
         }
-        encoder_runs.push((backend, secs, plain_vectors));
+        let rates = Rates::new(&secs, &peer_secs, sentences.len() as f64);
+        encoder_runs.push((backend, rates, plain_vectors));
     }
+    // Same weights? The largest difference between their embeddings and ours.
+    let mut worst_gap: Option<f64> = None;
+    if let Some(theirs) = &st_vectors {
+        for (_, _, vectors) in &encoder_runs {
+            let gap = embedding_gap(theirs, vectors)?;
+            worst_gap = Some(worst_gap.map_or(gap, |g: f64| g.max(gap)));
+        }
+    }
+    if let Some(gap) = worst_gap.filter(|&g| g > SAME_WEIGHTS_TOLERANCE) {
+        bail!("sentence-transformers' embeddings differ from eerag's by {gap:.1e}: not the same model");
+    }
+
+    // Each generator backend this build has, plaintext and encrypted, in
+    // turns with llama.cpp: candle first (the "before"), then llama.cpp.
     let enc_prompt = sides.cipher.encrypt_generator(&prompt)?;
-    // Each generator backend this build has, plaintext and encrypted: candle
-    // first (the "before"), then llama.cpp.
     let mut generator_runs = Vec::new();
+    let mut llama_tokens: Option<Vec<u32>> = None;
     for backend in [GeneratorBackend::Candle, GeneratorBackend::LlamaCpp] {
         if backend == GeneratorBackend::LlamaCpp && !llama_cpp_compiled() {
             continue;
@@ -231,18 +471,31 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
         crate::bench::run_generator(&host, enc_prompt.ids(), 4)?;
         let mut prefill_secs = [Vec::new(), Vec::new()];
         let mut decode_secs = [Vec::new(), Vec::new()];
+        let (mut peer_prefill, mut peer_decode) = (Vec::new(), Vec::new());
         let mut tokens_seen: Vec<u32> = Vec::new();
         for round in 0..args.rounds {
-            for side in [round % 2, 1 - round % 2] {
-                let (p, d, tokens) = if side == 0 {
+            for turn in turns(round) {
+                if turn == 2 {
+                    if let Some(reply) = peers.round("llama-cpp", false) {
+                        peer_prefill.push(reply["prefill_seconds"].as_f64().unwrap_or(f64::NAN));
+                        peer_decode.push(reply["decode_seconds"].as_f64().unwrap_or(f64::NAN));
+                        llama_tokens = reply["tokens"].as_array().map(|t| {
+                            t.iter()
+                                .filter_map(|v| v.as_u64().map(|x| x as u32))
+                                .collect()
+                        });
+                    }
+                    continue;
+                }
+                let (p, d, tokens) = if turn == 0 {
                     crate::bench::run_generator(&plain, &prompt, args.decode_tokens)?
                 } else {
                     let (p, d, t) =
                         crate::bench::run_generator(&host, enc_prompt.ids(), args.decode_tokens)?;
                     (p, d, sides.cipher.generator_permutation().invert_all(&t)?)
                 };
-                prefill_secs[side].push(p);
-                decode_secs[side].push(d);
+                prefill_secs[turn].push(p);
+                decode_secs[turn].push(d);
                 if !tokens_seen.is_empty() {
                     anyhow::ensure!(
                         tokens_seen == tokens,
@@ -252,119 +505,17 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
                 tokens_seen = tokens;
             }
         }
-        generator_runs.push(GeneratorRun {
-            backend,
-            prefill_secs,
-            decode_secs,
-            tokens: tokens_seen,
-        });
+        let prefill = Rates::new(&prefill_secs, &peer_prefill, prompt.len() as f64);
+        let decode = Rates::new(&decode_secs, &peer_decode, args.decode_tokens as f64);
+        generator_runs.push((backend, prefill, decode, tokens_seen));
     }
-
-    // The peers, after ours, in the same run and on the same inputs.
-    let wanted: Vec<&str> = PEERS
-        .iter()
-        .map(|p| p.0)
-        .filter(|name| !skipped.iter().any(|(s, _)| s == name))
-        .collect();
-    let mut peers = json!({});
-    if !wanted.is_empty() {
-        let dir = tempfile::tempdir()?;
-        let script = dir.path().join("peers.py");
-        std::fs::write(&script, PEERS_PY)?;
-        let work = dir.path().join("work.json");
-        std::fs::write(
-            &work,
-            serde_json::to_vec(&json!({
-                "threads": threads,
-                "rounds": args.rounds,
-                "sentences": sentences,
-                "batch": args.batch,
-                "max_seq_length": eerag_shared::tokenize::DEFAULT_ENCODER_MAX_TOKENS,
-                "encoder_dir": models.encoder_dir(),
-                "generator_gguf": models.generator_gguf(),
-                "prompt_ids": prompt,
-                "decode_tokens": args.decode_tokens,
-            }))?,
-        )?;
-        eprintln!("  running the peers: {}", wanted.join(", "));
-        let result = dir.path().join("result.json");
-        let out = Command::new(&python)
-            .arg(&script)
-            .arg(&work)
-            .arg(wanted.join(","))
-            .arg(&result)
-            .output()
-            .context("running the peer script")?;
-        if !out.status.success() {
-            let why = String::from_utf8_lossy(&out.stderr);
-            let last = why
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
-            for name in wanted {
-                skipped.push((name.to_string(), format!("the peer script failed: {last}")));
-            }
-        } else {
-            peers = serde_json::from_slice(&std::fs::read(&result)?)
-                .context("reading the peers' output")?;
-        }
-    }
-    for (key, name) in [
-        ("sentence_transformers", "sentence-transformers"),
-        ("llama_cpp", "llama-cpp"),
-    ] {
-        if let Some(why) = peers[key]["skipped"].as_str() {
-            skipped.push((name.to_string(), why.to_string()));
-        }
-    }
-
-    let ours = |secs: &[Vec<f64>; 2], work: f64| {
-        [
-            work / median(secs[0].clone()),
-            work / median(secs[1].clone()),
-        ]
-    };
-    let embed_rates: Vec<(EncoderBackend, [f64; 2])> = encoder_runs
-        .iter()
-        .map(|(b, secs, _)| (*b, ours(secs, sentences.len() as f64)))
-        .collect();
-    let st = &peers["sentence_transformers"];
-    let llama = &peers["llama_cpp"];
-    let st_rate = st["sentences_per_s"].as_f64();
-    let llama_prefill = llama["prefill_tokens_per_s"].as_f64();
-    let llama_decode = llama["decode_tokens_per_s"].as_f64();
-    // Same weights? The largest difference between their embeddings and ours.
-    let mut worst_gap: Option<f64> = None;
-    if let Some(theirs) = st["embeddings"].as_array() {
-        for (_, _, vectors) in &encoder_runs {
-            let gap = embedding_gap(theirs, vectors)?;
-            worst_gap = Some(worst_gap.map_or(gap, |g: f64| g.max(gap)));
-        }
-    }
-    if let Some(gap) = worst_gap.filter(|&g| g > SAME_WEIGHTS_TOLERANCE) {
-        bail!("sentence-transformers' embeddings differ from eerag's by {gap:.1e}: not the same model");
-    }
-    let llama_tokens: Option<Vec<u32>> = llama["tokens"].as_array().map(|t| {
-        t.iter()
-            .filter_map(|v| v.as_u64().map(|x| x as u32))
-            .collect()
-    });
+    drop(peers.process.take());
+    let skipped = &peers.skipped;
     let common_prefix = |ours: &[u32]| {
         llama_tokens
             .as_ref()
             .map(|t| t.iter().zip(ours).take_while(|(a, b)| a == b).count())
     };
-    let rates: Vec<(&GeneratorRun, [f64; 2], [f64; 2])> = generator_runs
-        .iter()
-        .map(|r| {
-            (
-                r,
-                ours(&r.prefill_secs, prompt.len() as f64),
-                ours(&r.decode_secs, args.decode_tokens as f64),
-            )
-        })
-        .collect();
 
     if args.json {
         let out = json!({
@@ -372,100 +523,76 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
             "rounds": args.rounds,
             "embed": {
                 "sentences": sentences.len(), "batch": args.batch,
-                "eerag": embed_rates.iter().map(|(b, r)| json!({
-                    "backend": b.to_string(),
-                    "plaintext_sentences_per_s": r[0],
-                    "encrypted_sentences_per_s": r[1],
-                })).collect::<Vec<Value>>(),
-                "sentence_transformers_sentences_per_s": st_rate,
-                "sentence_transformers_version": st["version"],
-                "torch_version": st["torch"],
+                "sentence_transformers_version": peers.info("sentence-transformers", "version"),
+                "torch_version": peers.info("sentence-transformers", "torch"),
                 "max_abs_embedding_difference": worst_gap,
+                "runs": encoder_runs.iter().map(|(b, rates, _)| {
+                    let mut run = rates.json("sentences");
+                    run["backend"] = json!(b.to_string());
+                    run
+                }).collect::<Vec<Value>>(),
             },
             "prompt_tokens": prompt.len(),
             "decode_tokens": args.decode_tokens,
-            "llama_cpp_prefill_tokens_per_s": llama_prefill,
-            "llama_cpp_decode_tokens_per_s": llama_decode,
-            "llama_cpp_version": llama["version"],
-            "generator": rates.iter().map(|(r, prefill, decode)| json!({
-                "backend": r.backend.to_string(),
-                "eerag_plaintext_prefill_tokens_per_s": prefill[0],
-                "eerag_encrypted_prefill_tokens_per_s": prefill[1],
-                "eerag_plaintext_decode_tokens_per_s": decode[0],
-                "eerag_encrypted_decode_tokens_per_s": decode[1],
-                "greedy_tokens_shared_with_llama_cpp": common_prefix(&r.tokens),
+            "llama_cpp_version": peers.info("llama-cpp", "version"),
+            "generator": generator_runs.iter().map(|(b, prefill, decode, tokens)| json!({
+                "backend": b.to_string(),
+                "prefill": prefill.json("tokens"),
+                "decode": decode.json("tokens"),
+                "greedy_tokens_shared_with_llama_cpp": common_prefix(tokens),
             })).collect::<Vec<Value>>(),
             "skipped": skipped.iter().map(|(n, w)| json!({"peer": n, "reason": w})).collect::<Vec<Value>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    let peer_cell = |rate: Option<f64>, unit: &str, label: &str| match rate {
-        Some(r) => format!("{r:.1} {unit}/s ({label})"),
-        None => format!("skipped ({label})"),
-    };
-    let ratio = |ours: f64, theirs: Option<f64>| match theirs {
-        Some(t) => format!("{:.2}", ours / t),
-        None => "–".into(),
-    };
     println!(
-        "eerag bench --peers: {threads} threads, {} rounds, medians; the peers run after eerag in the same process tree",
+        "eerag bench --peers: {threads} threads, {} rounds, medians; each round runs eerag plaintext, eerag encrypted and the peer in turn (rotating who goes first)",
         args.rounds
     );
-    println!("| work | eerag plaintext | eerag encrypted | peer | eerag encrypted ÷ peer |");
+    println!("| work | eerag plaintext | eerag encrypted | peer, same rounds | eerag encrypted ÷ peer, median of rounds (min–max) |");
     println!("| --- | --- | --- | --- | --- |");
     let st_label = format!(
         "sentence-transformers {}, torch {}",
-        st["version"].as_str().unwrap_or("?"),
-        st["torch"].as_str().unwrap_or("?")
+        peers.info("sentence-transformers", "version"),
+        peers.info("sentence-transformers", "torch")
     );
-    for (backend, rate) in &embed_rates {
-        println!(
-            "| embed {} sample paragraphs, batch {} (tokenizing included; eerag on {backend}) | {:.1} sentences/s | {:.1} sentences/s | {} | {} |",
+    for (backend, rates, _) in &encoder_runs {
+        let work = format!(
+            "embed {} sample paragraphs, batch {} (tokenizing included; eerag on {backend})",
             sentences.len(),
-            args.batch,
-            rate[0],
-            rate[1],
-            peer_cell(st_rate, "sentences", &st_label),
-            ratio(rate[1], st_rate)
+            args.batch
         );
+        println!("{}", rates.row(&work, "sentences", &st_label));
     }
     let llama_label = format!(
         "llama.cpp via llama-cpp-python {}",
-        llama["version"].as_str().unwrap_or("?")
+        peers.info("llama-cpp", "version")
     );
-    for (r, prefill_rate, decode_rate) in &rates {
-        println!(
-            "| generator prefill, {}-token prompt (eerag on {}) | {:.1} tokens/s | {:.1} tokens/s | {} | {} |",
-            prompt.len(),
-            r.backend,
-            prefill_rate[0],
-            prefill_rate[1],
-            peer_cell(llama_prefill, "tokens", &llama_label),
-            ratio(prefill_rate[1], llama_prefill)
+    for (backend, prefill, decode, _) in &generator_runs {
+        let work = format!(
+            "generator prefill, {}-token prompt (eerag on {backend})",
+            prompt.len()
         );
-        println!(
-            "| generator greedy decode, {} tokens (eerag on {}) | {:.1} tokens/s | {:.1} tokens/s | {} | {} |",
-            args.decode_tokens,
-            r.backend,
-            decode_rate[0],
-            decode_rate[1],
-            peer_cell(llama_decode, "tokens", &llama_label),
-            ratio(decode_rate[1], llama_decode)
+        println!("{}", prefill.row(&work, "tokens", &llama_label));
+        let work = format!(
+            "generator greedy decode, {} tokens (eerag on {backend})",
+            args.decode_tokens
         );
+        println!("{}", decode.row(&work, "tokens", &llama_label));
     }
     if let Some(gap) = worst_gap {
         println!("same weights: sentence-transformers' embeddings differ from eerag's by at most {gap:.1e}");
     }
-    for (r, _, _) in &rates {
-        if let Some(n) = common_prefix(&r.tokens) {
+    for (backend, _, _, tokens) in &generator_runs {
+        if let Some(n) = common_prefix(tokens) {
             println!(
-                "greedy tokens on {}: eerag encrypted = eerag plaintext; llama-cpp-python agrees on the first {n} of {}",
-                r.backend, args.decode_tokens
+                "greedy tokens on {backend}: eerag encrypted = eerag plaintext; llama-cpp-python agrees on the first {n} of {}",
+                args.decode_tokens
             );
         }
     }
-    for (name, why) in &skipped {
+    for (name, why) in skipped {
         println!("skipped {name}: {why}");
     }
     Ok(())

@@ -6,7 +6,8 @@
 //! The peers are installed by this command into a virtual environment of
 //! their own (pinned versions, from PyPI) and driven by `benches/peers.py`;
 //! a peer that cannot be installed or loaded is skipped with the reason.
-//! The peer script stays running and runs one round per request, so every
+//! Each peer runs in a process of its own (one crashing takes no other
+//! down) that stays running and runs one round per request, so every
 //! round runs eerag plaintext, eerag encrypted and the peer in turn (who
 //! goes first rotates) and each ratio is the median of per-round ratios:
 //! this machine's speed drifts by ±10–15% over minutes, which would otherwise
@@ -82,19 +83,38 @@ fn install_peers(venv: &Path) -> (PathBuf, Vec<(String, String)>) {
     }
     let mut skipped = Vec::new();
     for (name, requirement, module) in PEERS {
-        let present = Command::new(&python)
-            .args(["-c", &format!("import {module}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let build = (name == "llama-cpp").then(llama_cpp_cmake_args);
+        let stamp = venv.join(format!("eerag-{name}.build"));
+        let built_as_asked = build
+            .as_ref()
+            .is_none_or(|args| std::fs::read_to_string(&stamp).ok().as_deref() == Some(args));
+        let present = built_as_asked
+            && Command::new(&python)
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .is_ok_and(|o| o.status.success());
         if present {
             continue;
         }
         eprintln!("  installing {requirement} (first run only; minutes)");
-        let why = match Command::new(&python)
-            .args(["-m", "pip", "install", "-q", requirement])
-            .output()
-        {
-            Ok(o) if o.status.success() => continue,
+        let mut pip = Command::new(&python);
+        pip.args(["-m", "pip", "install", "-q", requirement]);
+        if let Some(args) = &build {
+            // A build with other flags goes first; pip's wheel cache would
+            // hand it back, so this one is built from source with ours.
+            let _ = Command::new(&python)
+                .args(["-m", "pip", "uninstall", "-q", "-y"])
+                .arg(requirement.split("==").next().unwrap_or(requirement))
+                .output();
+            pip.arg("--no-cache-dir").env("CMAKE_ARGS", args);
+        }
+        let why = match pip.output() {
+            Ok(o) if o.status.success() => {
+                if let Some(args) = &build {
+                    let _ = std::fs::write(&stamp, args);
+                }
+                continue;
+            }
             Ok(o) => String::from_utf8_lossy(&o.stderr)
                 .lines()
                 .rev()
@@ -109,6 +129,55 @@ fn install_peers(venv: &Path) -> (PathBuf, Vec<(String, String)>) {
         ));
     }
     (python, skipped)
+}
+
+/// How llama-cpp-python's llama.cpp is compiled: for this CPU's vector
+/// extensions, as its default `-march=native` build is, but without AMX.
+/// On the 2-core Sapphire Rapids VMs this project runs on, the native build
+/// (AMX tiles on) segfaults in its first `llama_decode` (measured with
+/// llama-cpp-python 0.3.36, 2026-12-02), so the peer would not run at all.
+fn llama_cpp_cmake_args() -> String {
+    let mut args = vec!["-DGGML_NATIVE=OFF".to_string()];
+    #[cfg(target_arch = "x86_64")]
+    {
+        let features = [
+            ("GGML_AVX", std::arch::is_x86_feature_detected!("avx")),
+            ("GGML_AVX2", std::arch::is_x86_feature_detected!("avx2")),
+            ("GGML_FMA", std::arch::is_x86_feature_detected!("fma")),
+            ("GGML_F16C", std::arch::is_x86_feature_detected!("f16c")),
+            ("GGML_BMI2", std::arch::is_x86_feature_detected!("bmi2")),
+            (
+                "GGML_AVX_VNNI",
+                std::arch::is_x86_feature_detected!("avxvnni"),
+            ),
+            (
+                "GGML_AVX512",
+                std::arch::is_x86_feature_detected!("avx512f"),
+            ),
+            (
+                "GGML_AVX512_VBMI",
+                std::arch::is_x86_feature_detected!("avx512vbmi"),
+            ),
+            (
+                "GGML_AVX512_VNNI",
+                std::arch::is_x86_feature_detected!("avx512vnni"),
+            ),
+            (
+                "GGML_AVX512_BF16",
+                std::arch::is_x86_feature_detected!("avx512bf16"),
+            ),
+        ];
+        args.extend(
+            features
+                .iter()
+                .map(|(flag, on)| format!("-D{flag}={}", if *on { "ON" } else { "OFF" })),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        args[0] = "-DGGML_NATIVE=ON".to_string();
+    }
+    args.join(" ")
 }
 
 /// The largest difference between the peer's embeddings and eerag's, or an
@@ -198,7 +267,14 @@ impl PeerProcess {
             if self.stdout.read_line(&mut line)? == 0 {
                 let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
                 let last = log.lines().rev().find(|l| !l.trim().is_empty());
-                bail!("the peer script exited: {}", last.unwrap_or("no message"));
+                let status = self
+                    .child
+                    .wait()
+                    .map_or_else(|e| e.to_string(), |s| s.to_string());
+                bail!(
+                    "the peer script exited ({status}); its last words: {}",
+                    last.unwrap_or("none")
+                );
             }
             if let Some(reply) = line.strip_prefix(REPLY) {
                 return serde_json::from_str(reply.trim()).context("reading a peer's reply");
@@ -226,29 +302,23 @@ impl Drop for PeerProcess {
     }
 }
 
-/// The peers still in the running, and why the others dropped out.
+/// The peers still in the running, each in a process of its own (a peer
+/// that crashes takes no other down), and why the others dropped out.
 struct Peers {
-    process: Option<PeerProcess>,
+    processes: Vec<(String, PeerProcess)>,
     ready: Value,
     skipped: Vec<(String, String)>,
 }
 
 impl Peers {
-    /// Whether `peer` loaded and has not failed since.
-    fn alive(&self, peer: &str) -> bool {
-        self.process.is_some() && !self.skipped.iter().any(|(name, _)| name == peer)
-    }
-
     /// One round of `peer`, or `None` (and it is skipped from now on) if it
     /// is not running or this round failed.
     fn round(&mut self, peer: &str, vectors: bool) -> Option<Value> {
-        if !self.alive(peer) {
-            return None;
-        }
-        let result = self.process.as_mut()?.round(peer, vectors);
-        match result {
+        let at = self.processes.iter().position(|(name, _)| name == peer)?;
+        match self.processes[at].1.round(peer, vectors) {
             Ok(reply) => Some(reply),
             Err(e) => {
+                self.processes.remove(at);
                 self.skipped
                     .push((peer.to_string(), format!("failed in a round: {e:#}")));
                 None
@@ -349,42 +419,36 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
 
     // The peers load once, before eerag's first round, on the same inputs.
     let mut peers = Peers {
-        process: None,
+        processes: Vec::new(),
         ready: json!({}),
         skipped,
     };
-    let wanted: Vec<&str> = PEERS
-        .iter()
-        .map(|p| p.0)
-        .filter(|name| !peers.skipped.iter().any(|(s, _)| s == name))
-        .collect();
-    if !wanted.is_empty() {
-        eprintln!("  loading the peers: {}", wanted.join(", "));
-        let work = json!({
-            "threads": threads,
-            "sentences": sentences,
-            "batch": args.batch,
-            "max_seq_length": eerag_shared::tokenize::DEFAULT_ENCODER_MAX_TOKENS,
-            "encoder_dir": models.encoder_dir(),
-            "generator_gguf": models.generator_gguf(),
-            "prompt_ids": prompt,
-            "decode_tokens": args.decode_tokens,
-        });
-        match PeerProcess::start(&python, &wanted, &work) {
-            Ok((process, ready)) => {
-                for name in &wanted {
-                    if let Some(why) = ready[*name]["skipped"].as_str() {
-                        peers.skipped.push((name.to_string(), why.to_string()));
-                    }
+    let work = json!({
+        "threads": threads,
+        "sentences": sentences,
+        "batch": args.batch,
+        "max_seq_length": eerag_shared::tokenize::DEFAULT_ENCODER_MAX_TOKENS,
+        "encoder_dir": models.encoder_dir(),
+        "generator_gguf": models.generator_gguf(),
+        "prompt_ids": prompt,
+        "decode_tokens": args.decode_tokens,
+    });
+    for (name, _, _) in PEERS {
+        if peers.skipped.iter().any(|(s, _)| s == name) {
+            continue;
+        }
+        eprintln!("  loading {name}");
+        match PeerProcess::start(&python, &[name], &work) {
+            Ok((process, mut ready)) => {
+                let ready = ready[name].take();
+                if let Some(why) = ready["skipped"].as_str() {
+                    peers.skipped.push((name.to_string(), why.to_string()));
+                } else {
+                    peers.processes.push((name.to_string(), process));
                 }
-                peers.process = Some(process);
-                peers.ready = ready;
+                peers.ready[name] = ready;
             }
-            Err(e) => {
-                for name in &wanted {
-                    peers.skipped.push((name.to_string(), format!("{e:#}")));
-                }
-            }
+            Err(e) => peers.skipped.push((name.to_string(), format!("{e:#}"))),
         }
     }
 
@@ -509,7 +573,7 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
         let decode = Rates::new(&decode_secs, &peer_decode, args.decode_tokens as f64);
         generator_runs.push((backend, prefill, decode, tokens_seen));
     }
-    drop(peers.process.take());
+    peers.processes.clear();
     let skipped = &peers.skipped;
     let common_prefix = |ours: &[u32]| {
         llama_tokens

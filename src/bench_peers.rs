@@ -520,6 +520,13 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
     let enc_prompt = sides.cipher.encrypt_generator(&prompt)?;
     let mut generator_runs = Vec::new();
     let mut llama_tokens: Option<Vec<u32>> = None;
+    // eerag plaintext reads a copy of the public GGUF, not the file the peer
+    // maps: sharing those pages (still in the cache after the peer's round)
+    // sped up whichever of the two ran after the other, while the encrypted
+    // side's file never shared anything.
+    let plain_copy = tempfile::tempdir()?;
+    let plain_gguf = plain_copy.path().join("model.gguf");
+    std::fs::copy(models.generator_gguf(), &plain_gguf).context("copying the public GGUF")?;
     for backend in [GeneratorBackend::Candle, GeneratorBackend::LlamaCpp] {
         if backend == GeneratorBackend::LlamaCpp && !llama_cpp_compiled() {
             continue;
@@ -528,7 +535,7 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
             backend,
             ..GeneratorOptions::on(&candle_core::Device::Cpu)
         };
-        let plain = Generator::load_with(&models.generator_gguf(), &options)?;
+        let plain = Generator::load_with(&plain_gguf, &options)?;
         let host = Generator::load_with(&pair.artifacts.generator_path(), &options)?;
         // Warm-up, as the peer script warms llama.cpp up.
         crate::bench::run_generator(&plain, &prompt, 4)?;

@@ -668,3 +668,48 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_side_takes_every_place_once_in_three_rounds() {
+        for round in 0..6 {
+            let mut sides = turns(round);
+            sides.sort_unstable();
+            assert_eq!(sides, [0, 1, 2], "round {round}");
+        }
+        for place in 0..3 {
+            let mut sides: Vec<usize> = (0..3).map(|round| turns(round)[place]).collect();
+            sides.sort_unstable();
+            assert_eq!(sides, [0, 1, 2], "place {place}");
+        }
+    }
+
+    #[test]
+    fn the_peer_llama_cpp_is_built_without_native_or_amx() {
+        let args = llama_cpp_cmake_args();
+        assert!(!args.contains("AMX"), "{args}");
+        if cfg!(target_arch = "x86_64") {
+            assert!(args.starts_with("-DGGML_NATIVE=OFF"), "{args}");
+            let avx2 = if std::arch::is_x86_feature_detected!("avx2") {
+                "ON"
+            } else {
+                "OFF"
+            };
+            assert!(args.contains(&format!("-DGGML_AVX2={avx2}")), "{args}");
+        }
+    }
+
+    #[test]
+    fn a_peer_that_missed_a_round_gets_no_ratio() {
+        let ours = [vec![1.0, 1.0, 1.0], vec![2.0, 2.0, 2.0]];
+        let all = Rates::new(&ours, &[4.0, 4.0, 4.0], 8.0);
+        assert_eq!(all.ours, [8.0, 4.0]);
+        assert_eq!(all.peer, Some(2.0));
+        assert_eq!(all.ratio, Some((2.0, 2.0, 2.0)));
+        let missed = Rates::new(&ours, &[4.0, 4.0], 8.0);
+        assert_eq!((missed.peer, missed.ratio), (None, None));
+    }
+}

@@ -52,6 +52,8 @@ fn backend() -> Result<&'static LlamaBackend> {
             // `llama-cpp-2`). Host files hold no tokens and eerag passes
             // llama.cpp only ids, so nothing it logs is plaintext.
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            #[cfg(feature = "llama-cpp-dynamic-backends")]
+            llama_cpp_2::llama_backend::load_backends();
             LlamaBackend::init().map_err(|e| e.to_string())
         })
         .as_ref()
@@ -92,6 +94,65 @@ impl Default for LlamaCppOptions {
 /// The workers' polling level by default (see [`LlamaCppOptions::poll`]).
 const DEFAULT_POLL: u32 = 50;
 
+/// ggml's thread-pool functions. A static build links them; with dynamic
+/// backends (feature `llama-cpp-dynamic-backends`) they live in the CPU
+/// module chosen at run time, which exports them by name.
+#[derive(Clone, Copy)]
+struct PoolFunctions {
+    new: PoolNew,
+    free: PoolFree,
+}
+
+/// The thread-pool functions, or why they cannot be had.
+fn pool_functions() -> Result<PoolFunctions> {
+    #[cfg(not(feature = "llama-cpp-dynamic-backends"))]
+    {
+        Ok(PoolFunctions {
+            new: sys::ggml_threadpool_new,
+            free: sys::ggml_threadpool_free,
+        })
+    }
+    #[cfg(feature = "llama-cpp-dynamic-backends")]
+    {
+        static FUNCTIONS: OnceLock<std::result::Result<PoolFunctions, String>> = OnceLock::new();
+        FUNCTIONS
+            .get_or_init(|| {
+                backend().map_err(|e| e.to_string())?;
+                // SAFETY: the backends are loaded (backend()); the names are
+                // NUL-terminated, and the CPU module exports these two
+                // functions with exactly these signatures (ggml-cpu.h).
+                unsafe {
+                    let cpu = sys::ggml_backend_reg_by_name(c"CPU".as_ptr());
+                    if cpu.is_null() {
+                        return Err("no CPU backend module was loaded".to_string());
+                    }
+                    let new = sys::ggml_backend_reg_get_proc_address(
+                        cpu,
+                        c"ggml_threadpool_new".as_ptr(),
+                    );
+                    let free = sys::ggml_backend_reg_get_proc_address(
+                        cpu,
+                        c"ggml_threadpool_free".as_ptr(),
+                    );
+                    if new.is_null() || free.is_null() {
+                        return Err("the CPU backend module has no thread pool".to_string());
+                    }
+                    Ok(PoolFunctions {
+                        new: std::mem::transmute::<*mut std::ffi::c_void, PoolNew>(new),
+                        free: std::mem::transmute::<*mut std::ffi::c_void, PoolFree>(free),
+                    })
+                }
+            })
+            .clone()
+            .map_err(|e| EeError::Model(format!("llama.cpp: {e}")))
+    }
+}
+
+/// `ggml_threadpool_new`'s signature.
+type PoolNew = unsafe extern "C" fn(*mut sys::ggml_threadpool_params) -> *mut sys::ggml_threadpool;
+/// `ggml_threadpool_free`'s signature.
+type PoolFree = unsafe extern "C" fn(*mut sys::ggml_threadpool);
+
 /// A model as llama.cpp loaded it; freed on drop.
 struct RawModel(NonNull<sys::llama_model>);
 
@@ -114,6 +175,7 @@ impl Drop for RawModel {
 struct RawContext {
     context: NonNull<sys::llama_context>,
     pool: NonNull<sys::ggml_threadpool>,
+    free_pool: PoolFree,
 }
 
 // SAFETY: a context is used by one thread at a time (every use takes
@@ -126,7 +188,7 @@ impl Drop for RawContext {
         // freed before the pool it is attached to.
         unsafe {
             sys::llama_free(self.context.as_ptr());
-            sys::ggml_threadpool_free(self.pool.as_ptr());
+            (self.free_pool)(self.pool.as_ptr());
         }
     }
 }
@@ -376,10 +438,18 @@ impl LlamaCppModel {
             NonNull::new(unsafe { sys::llama_init_from_model(self.model.0.as_ptr(), params) })
                 .ok_or_else(|| EeError::Model("llama.cpp could not make a context".into()))?;
         // SAFETY: default pool parameters for our thread count.
+        let functions = match pool_functions() {
+            Ok(functions) => functions,
+            Err(e) => {
+                // SAFETY: the context just made, not used anywhere.
+                unsafe { sys::llama_free(context.as_ptr()) };
+                return Err(e);
+            }
+        };
         let pool = unsafe {
             let mut pool_params = sys::ggml_threadpool_params_default(self.threads);
             pool_params.poll = self.poll;
-            NonNull::new(sys::ggml_threadpool_new(&mut pool_params))
+            NonNull::new((functions.new)(&mut pool_params))
         };
         let Some(pool) = pool else {
             // SAFETY: the context just made, not used anywhere.
@@ -390,7 +460,11 @@ impl LlamaCppModel {
         };
         // SAFETY: both live; the pool outlives the context (RawContext::drop).
         unsafe { sys::llama_attach_threadpool(context.as_ptr(), pool.as_ptr(), pool.as_ptr()) };
-        Ok(RawContext { context, pool })
+        Ok(RawContext {
+            context,
+            pool,
+            free_pool: functions.free,
+        })
     }
 }
 

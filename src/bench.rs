@@ -321,6 +321,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let pair = Pair::prepare_on(&models, &generator_base, &generator_options)?;
     eprintln!("generator backend: {}", pair.sides.host_generator.backend());
+    #[cfg(feature = "llama-cpp")]
+    if let Some(kernels) = eerag_shared::models::llamacpp::kernels() {
+        eprintln!("llama.cpp CPU kernels: {kernels}");
+    }
     let c = &pair.sides.cipher;
 
     let plain_seqs = encoder_workload(&pair, args.sentences, args.sentence_tokens)?;

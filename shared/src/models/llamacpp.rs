@@ -53,11 +53,32 @@ fn backend() -> Result<&'static LlamaBackend> {
             // llama.cpp only ids, so nothing it logs is plaintext.
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
             #[cfg(feature = "llama-cpp-dynamic-backends")]
-            llama_cpp_2::llama_backend::load_backends();
+            {
+                let module = super::ggml_cpu::load()?;
+                let _ = CPU_MODULE.set(module);
+            }
             LlamaBackend::init().map_err(|e| e.to_string())
         })
         .as_ref()
         .map_err(|e| EeError::Model(format!("llama.cpp did not start: {e}")))
+}
+
+/// The CPU module the dynamic backends loaded (see [`kernels`]).
+#[cfg(feature = "llama-cpp-dynamic-backends")]
+static CPU_MODULE: OnceLock<super::ggml_cpu::CpuModule> = OnceLock::new();
+
+/// Which of llama.cpp's CPU kernel builds runs here: with dynamic backends
+/// the module's variant (`zen4`, `haswell`, …), `None` before llama.cpp has
+/// started; else "static".
+pub fn kernels() -> Option<String> {
+    #[cfg(feature = "llama-cpp-dynamic-backends")]
+    {
+        CPU_MODULE.get().map(|m| m.variant.clone())
+    }
+    #[cfg(not(feature = "llama-cpp-dynamic-backends"))]
+    {
+        Some("static".to_string())
+    }
 }
 
 /// How llama.cpp runs a model.

@@ -5,6 +5,8 @@ pub mod bert;
 pub mod encoder;
 pub mod fetch;
 pub mod generator;
+#[cfg(feature = "llama-cpp-dynamic-backends")]
+pub mod ggml_cpu;
 pub mod llama;
 #[cfg(feature = "llama-cpp")]
 pub mod llamacpp;

@@ -198,6 +198,18 @@ fn run_encoder(enc: &Encoder, seqs: &[Vec<u32>], batch: usize) -> Result<(f64, V
     Ok((started.elapsed().as_secs_f64(), out))
 }
 
+/// Which build of llama.cpp's CPU kernels eerag ran, once it has started.
+pub(crate) fn llama_cpp_kernels() -> Option<String> {
+    #[cfg(feature = "llama-cpp")]
+    {
+        eerag_shared::models::llamacpp::kernels()
+    }
+    #[cfg(not(feature = "llama-cpp"))]
+    {
+        None
+    }
+}
+
 /// (prefill seconds, decode seconds, tokens).
 pub(crate) fn run_generator(
     gen: &Generator,
@@ -321,8 +333,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let pair = Pair::prepare_on(&models, &generator_base, &generator_options)?;
     eprintln!("generator backend: {}", pair.sides.host_generator.backend());
-    #[cfg(feature = "llama-cpp")]
-    if let Some(kernels) = eerag_shared::models::llamacpp::kernels() {
+    if let Some(kernels) = llama_cpp_kernels() {
         eprintln!("llama.cpp CPU kernels: {kernels}");
     }
     let c = &pair.sides.cipher;

@@ -606,7 +606,7 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
             "prompt_tokens": prompt.len(),
             "decode_tokens": args.decode_tokens,
             "llama_cpp_version": peers.info("llama-cpp", "version"),
-            "eerag_llama_cpp_kernels": llama_cpp_kernels(),
+            "eerag_llama_cpp_kernels": crate::bench::llama_cpp_kernels(),
             "generator": generator_runs.iter().map(|(b, prefill, decode, tokens)| json!({
                 "backend": b.to_string(),
                 "prefill": prefill.json("tokens"),
@@ -664,25 +664,13 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
             );
         }
     }
-    if let Some(kernels) = llama_cpp_kernels() {
+    if let Some(kernels) = crate::bench::llama_cpp_kernels() {
         println!("eerag's llama.cpp CPU kernels: {kernels}");
     }
     for (name, why) in skipped {
         println!("skipped {name}: {why}");
     }
     Ok(())
-}
-
-/// Which build of llama.cpp's CPU kernels eerag ran, once it has started.
-fn llama_cpp_kernels() -> Option<String> {
-    #[cfg(feature = "llama-cpp")]
-    {
-        eerag_shared::models::llamacpp::kernels()
-    }
-    #[cfg(not(feature = "llama-cpp"))]
-    {
-        None
-    }
 }
 
 #[cfg(test)]

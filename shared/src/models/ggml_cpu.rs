@@ -157,6 +157,38 @@ fn score(path: &Path) -> Result<i32, String> {
     }
 }
 
+/// The address of `name` in the loaded module, for the functions ggml's
+/// registry does not hand out (`ggml_backend_reg_get_proc_address` has no
+/// `ggml_threadpool_pause`).
+pub fn symbol(module: &CpuModule, name: &CStr) -> Result<*mut std::ffi::c_void, String> {
+    let c_path = CString::new(module.path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{}: path not usable", module.path.display()))?;
+    // SAFETY: RTLD_NOLOAD only looks up the library ggml_backend_load
+    // opened, which stays loaded for the process's life; closing this
+    // handle just drops the reference dlopen added, so the address stays
+    // valid.
+    unsafe {
+        let handle = libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD);
+        if handle.is_null() {
+            return Err(format!(
+                "{} is not loaded: {}",
+                module.path.display(),
+                dl_error()
+            ));
+        }
+        let address = libc::dlsym(handle, name.as_ptr());
+        libc::dlclose(handle);
+        if address.is_null() {
+            return Err(format!(
+                "no {} in {}",
+                name.to_string_lossy(),
+                module.path.display()
+            ));
+        }
+        Ok(address)
+    }
+}
+
 /// The dynamic loader's last error.
 fn dl_error() -> String {
     // SAFETY: dlerror returns null or a NUL-terminated string valid until the

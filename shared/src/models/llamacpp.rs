@@ -10,8 +10,9 @@
 //! arithmetic the same, so encrypted logits are the plaintext ones permuted,
 //! bitwise, as on candle (tested on the real model in eerag-tests).
 //!
-//! Each session owns a llama.cpp context (its KV cache) and a ggml thread
-//! pool; the model's weights are shared. Candle stays the backend for GPUs
+//! Each session owns a llama.cpp context (its KV cache); the model's weights
+//! and one ggml thread pool are shared by its sessions, whose steps take
+//! turns on that pool. Candle stays the backend for GPUs
 //! and safetensors folders. llama.cpp is built without OpenMP by default:
 //! OpenMP's spinning workers halved decode inside the host on 2 cores
 //! (feature `llama-cpp-openmp` turns it on; README, CPU speed).
@@ -26,7 +27,7 @@
 use std::ffi::CString;
 use std::path::Path;
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_sys_2 as sys;
@@ -97,7 +98,10 @@ pub struct LlamaCppOptions {
     pub flash_attention: bool,
     /// How long the thread pool's workers spin for the next graph before
     /// they sleep, as ggml's polling level (0 sleeps at once; ggml's own
-    /// default is 50, about a millisecond here).
+    /// default is 50: 6.5 million pause loops, which kept a core busy for
+    /// about 170 ms after the last token on the 2-core EPYC VM). Long
+    /// enough to catch the next token's graph; a session that ends puts
+    /// the workers to sleep at once.
     pub poll: u32,
 }
 
@@ -122,6 +126,7 @@ const DEFAULT_POLL: u32 = 50;
 struct PoolFunctions {
     new: PoolNew,
     free: PoolFree,
+    pause: PoolPause,
 }
 
 /// The thread-pool functions, or why they cannot be had.
@@ -131,6 +136,7 @@ fn pool_functions() -> Result<PoolFunctions> {
         Ok(PoolFunctions {
             new: sys::ggml_threadpool_new,
             free: sys::ggml_threadpool_free,
+            pause: sys::ggml_threadpool_pause,
         })
     }
     #[cfg(feature = "llama-cpp-dynamic-backends")]
@@ -158,9 +164,14 @@ fn pool_functions() -> Result<PoolFunctions> {
                     if new.is_null() || free.is_null() {
                         return Err("the CPU backend module has no thread pool".to_string());
                     }
+                    let module = CPU_MODULE
+                        .get()
+                        .ok_or_else(|| "no CPU backend module was loaded".to_string())?;
+                    let pause = super::ggml_cpu::symbol(module, c"ggml_threadpool_pause")?;
                     Ok(PoolFunctions {
                         new: std::mem::transmute::<*mut std::ffi::c_void, PoolNew>(new),
                         free: std::mem::transmute::<*mut std::ffi::c_void, PoolFree>(free),
+                        pause: std::mem::transmute::<*mut std::ffi::c_void, PoolPause>(pause),
                     })
                 }
             })
@@ -173,6 +184,8 @@ fn pool_functions() -> Result<PoolFunctions> {
 type PoolNew = unsafe extern "C" fn(*mut sys::ggml_threadpool_params) -> *mut sys::ggml_threadpool;
 /// `ggml_threadpool_free`'s signature.
 type PoolFree = unsafe extern "C" fn(*mut sys::ggml_threadpool);
+/// `ggml_threadpool_pause`'s signature.
+type PoolPause = unsafe extern "C" fn(*mut sys::ggml_threadpool);
 
 /// A model as llama.cpp loaded it; freed on drop.
 struct RawModel(NonNull<sys::llama_model>);
@@ -191,12 +204,59 @@ impl Drop for RawModel {
     }
 }
 
-/// A context (one sequence's KV cache) with the thread pool it computes on;
-/// both freed on drop, the context first.
+/// A ggml thread pool whose workers live as long as it; freed on drop.
+struct RawPool {
+    pool: NonNull<sys::ggml_threadpool>,
+    free: PoolFree,
+    pause: PoolPause,
+}
+
+// SAFETY: the pool is used by one graph at a time (LlamaCppModel keeps it
+// behind a mutex held for every decode); ggml's workers are its own threads.
+unsafe impl Send for RawPool {}
+
+impl Drop for RawPool {
+    fn drop(&mut self) {
+        // SAFETY: made by the same module's ggml_threadpool_new, freed once,
+        // after every context attached to it (LlamaCppModel's field order and
+        // the sessions' Arc).
+        unsafe { (self.free)(self.pool.as_ptr()) }
+    }
+}
+
+impl RawPool {
+    /// A pool of `threads` workers (the caller's thread among them) that
+    /// spin at polling level `poll` between graphs before they sleep.
+    fn new(threads: i32, poll: u32) -> Result<Self> {
+        let functions = pool_functions()?;
+        // SAFETY: default pool parameters for our thread count.
+        let pool = unsafe {
+            let mut params = sys::ggml_threadpool_params_default(threads);
+            params.poll = poll;
+            NonNull::new((functions.new)(&mut params))
+        };
+        let pool =
+            pool.ok_or_else(|| EeError::Model("ggml could not start its thread pool".into()))?;
+        Ok(Self {
+            pool,
+            free: functions.free,
+            pause: functions.pause,
+        })
+    }
+
+    /// Puts the workers to sleep now instead of letting them spin for the
+    /// next graph (about 170 ms of a core at polling level 50, measured);
+    /// the next graph wakes them.
+    fn pause(&self) {
+        // SAFETY: a live pool; pausing takes ggml's own lock and no graph
+        // runs (the caller holds the model's pool lock).
+        unsafe { (self.pause)(self.pool.as_ptr()) }
+    }
+}
+
+/// A context (one sequence's KV cache); freed on drop.
 struct RawContext {
     context: NonNull<sys::llama_context>,
-    pool: NonNull<sys::ggml_threadpool>,
-    free_pool: PoolFree,
 }
 
 // SAFETY: a context is used by one thread at a time (every use takes
@@ -205,12 +265,9 @@ unsafe impl Send for RawContext {}
 
 impl Drop for RawContext {
     fn drop(&mut self) {
-        // SAFETY: both pointers are owned by this value; the context is
-        // freed before the pool it is attached to.
-        unsafe {
-            sys::llama_free(self.context.as_ptr());
-            (self.free_pool)(self.pool.as_ptr());
-        }
+        // SAFETY: owned by this value; freed before the model's pool it is
+        // attached to.
+        unsafe { sys::llama_free(self.context.as_ptr()) }
     }
 }
 
@@ -221,11 +278,12 @@ impl RawContext {
         unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.context.as_ptr()), true) }
     }
 
-    /// Runs `batch` and returns the logits of its last token (the only one
-    /// that asks for them).
-    fn decode(&mut self, batch: &RawBatch, vocab: usize) -> Result<Vec<f32>> {
+    /// Runs `batch` on the attached pool, whose lock the caller holds
+    /// (`_pool`), and returns the logits of its last token (the only one that
+    /// asks for them).
+    fn decode(&mut self, batch: &RawBatch, vocab: usize, _pool: &RawPool) -> Result<Vec<f32>> {
         // SAFETY: a live context and a batch whose `n_tokens` entries are
-        // filled (RawBatch::fill).
+        // filled (RawBatch::fill); no other graph runs on the pool.
         let status = unsafe { sys::llama_decode(self.context.as_ptr(), batch.batch) };
         match status {
             0 => {}
@@ -340,14 +398,20 @@ impl RawBatch {
 
 /// A GGUF model loaded by llama.cpp. Sessions share its weights.
 pub struct LlamaCppModel {
-    // Declared before `model`, so the idle contexts are freed first.
+    // Declared before `pool` and `model`, so the idle contexts are freed
+    // first.
     idle: Mutex<Vec<RawContext>>,
+    /// The workers every context of this model computes on. One pool, not
+    /// one per context: sessions stepped in turn (the host's batch) would
+    /// otherwise leave each finished context's workers spinning on the cores
+    /// the next one needs, and start from sleeping workers every time.
+    /// Locked for each decode.
+    pool: Mutex<RawPool>,
     model: RawModel,
     vocab: usize,
     context: usize,
     threads: i32,
     flash_attention: bool,
-    poll: u32,
 }
 
 impl LlamaCppModel {
@@ -399,14 +463,15 @@ impl LlamaCppModel {
         }
         let trained = usize::try_from(trained).unwrap_or(0).max(1);
         let context = options.context.map_or(trained, |c| c.clamp(1, trained));
+        let pool = RawPool::new(threads, options.poll)?;
         Ok(Self {
             idle: Mutex::new(Vec::new()),
+            pool: Mutex::new(pool),
             model,
             vocab,
             context,
             threads,
             flash_attention: options.flash_attention,
-            poll: options.poll,
         })
     }
 
@@ -436,8 +501,7 @@ impl LlamaCppModel {
         })
     }
 
-    /// A new context over the whole window, with a thread pool of its own
-    /// (one per context, so sessions on different threads never share one).
+    /// A new context over the whole window, attached to the model's pool.
     fn new_context(&self) -> Result<RawContext> {
         let window = u32::try_from(self.context)
             .map_err(|_| EeError::Model("context window out of range".into()))?;
@@ -458,34 +522,13 @@ impl LlamaCppModel {
         let context =
             NonNull::new(unsafe { sys::llama_init_from_model(self.model.0.as_ptr(), params) })
                 .ok_or_else(|| EeError::Model("llama.cpp could not make a context".into()))?;
-        // SAFETY: default pool parameters for our thread count.
-        let functions = match pool_functions() {
-            Ok(functions) => functions,
-            Err(e) => {
-                // SAFETY: the context just made, not used anywhere.
-                unsafe { sys::llama_free(context.as_ptr()) };
-                return Err(e);
-            }
+        let pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        // SAFETY: both live; the pool outlives the context (field order, and
+        // sessions hold the model).
+        unsafe {
+            sys::llama_attach_threadpool(context.as_ptr(), pool.pool.as_ptr(), pool.pool.as_ptr())
         };
-        let pool = unsafe {
-            let mut pool_params = sys::ggml_threadpool_params_default(self.threads);
-            pool_params.poll = self.poll;
-            NonNull::new((functions.new)(&mut pool_params))
-        };
-        let Some(pool) = pool else {
-            // SAFETY: the context just made, not used anywhere.
-            unsafe { sys::llama_free(context.as_ptr()) };
-            return Err(EeError::Model(
-                "ggml could not start its thread pool".into(),
-            ));
-        };
-        // SAFETY: both live; the pool outlives the context (RawContext::drop).
-        unsafe { sys::llama_attach_threadpool(context.as_ptr(), pool.as_ptr(), pool.as_ptr()) };
-        Ok(RawContext {
-            context,
-            pool,
-            free_pool: functions.free,
-        })
+        Ok(RawContext { context })
     }
 }
 
@@ -506,8 +549,16 @@ pub struct LlamaCppSequence {
 }
 
 impl Drop for LlamaCppSequence {
-    /// Hands the context back, emptied, for the model's next session.
+    /// Hands the context back, emptied, for the model's next session, and
+    /// sends the pool's workers to sleep: a finished answer should leave no
+    /// thread spinning on the cores the encoder, the host or the next
+    /// session's prompt need (steps of other sessions wake them again).
     fn drop(&mut self) {
+        self.model
+            .pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pause();
         if let Some(mut context) = self.context.take() {
             context.clear();
             if let Ok(mut idle) = self.model.idle.lock() {
@@ -541,7 +592,13 @@ impl LlamaCppSequence {
         for chunk in ids.chunks(PROMPT_CHUNK) {
             self.batch.fill(chunk, self.position)?;
             let context = self.context.as_mut().ok_or_else(released)?;
-            logits = context.decode(&self.batch, vocab)?;
+            // Per chunk, so a long prompt lets other sessions' steps in.
+            let pool = self
+                .model
+                .pool
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            logits = context.decode(&self.batch, vocab, &pool)?;
             self.position += chunk.len();
         }
         Ok(logits)

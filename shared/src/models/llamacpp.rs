@@ -146,8 +146,9 @@ fn pool_functions() -> Result<PoolFunctions> {
             .get_or_init(|| {
                 backend().map_err(|e| e.to_string())?;
                 // SAFETY: the backends are loaded (backend()); the names are
-                // NUL-terminated, and the CPU module exports these two
-                // functions with exactly these signatures (ggml-cpu.h).
+                // NUL-terminated, and the CPU module exports these three
+                // functions with exactly these signatures (ggml-cpu.h): new
+                // and free through ggml's registry, pause by its symbol.
                 unsafe {
                     let cpu = sys::ggml_backend_reg_by_name(c"CPU".as_ptr());
                     if cpu.is_null() {

@@ -68,8 +68,7 @@ pub fn load() -> Result<CpuModule, String> {
             )
         })?;
     let chosen = choose(&candidates, wanted.as_deref().map(str::trim))?;
-    let path = CString::new(chosen.path.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{}: path not usable", chosen.path.display()))?;
+    let path = c_path(&chosen.path)?;
     // SAFETY: a NUL-terminated path to a ggml backend module; ggml keeps the
     // registration for the life of the process.
     let reg = unsafe { sys::ggml_backend_load(path.as_ptr()) };
@@ -135,8 +134,7 @@ fn scan(dir: &Path) -> Vec<Candidate> {
 
 /// Opens a module just long enough to ask its `ggml_backend_score`.
 fn score(path: &Path) -> Result<i32, String> {
-    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| "path not usable".to_string())?;
+    let c_path = c_path(path)?;
     // SAFETY: dlopen/dlsym/dlclose on a NUL-terminated path; the symbol is
     // ggml's `int ggml_backend_score(void)` and is called while the library
     // is open.
@@ -161,8 +159,7 @@ fn score(path: &Path) -> Result<i32, String> {
 /// registry does not hand out (`ggml_backend_reg_get_proc_address` has no
 /// `ggml_threadpool_pause`).
 pub fn symbol(module: &CpuModule, name: &CStr) -> Result<*mut std::ffi::c_void, String> {
-    let c_path = CString::new(module.path.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{}: path not usable", module.path.display()))?;
+    let c_path = c_path(&module.path)?;
     // SAFETY: RTLD_NOLOAD only looks up the library ggml_backend_load
     // opened, which stays loaded for the process's life; closing this
     // handle just drops the reference dlopen added, so the address stays
@@ -187,6 +184,12 @@ pub fn symbol(module: &CpuModule, name: &CStr) -> Result<*mut std::ffi::c_void, 
         }
         Ok(address)
     }
+}
+
+/// `path` as the C string the loader takes.
+fn c_path(path: &Path) -> Result<CString, String> {
+    CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{}: path not usable", path.display()))
 }
 
 /// The dynamic loader's last error.

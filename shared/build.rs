@@ -4,7 +4,7 @@
 //! which are symlinks, so the copies dangle (eerag's binary finds the real
 //! files through its rpath, see the root build.rs). The next build of
 //! llama-cpp-sys-2 with other features in the same target directory (say
-//! `cargo test -p eerag-shared` after a workspace build) then stops on them
+//! `cargo test -p eerag-core` after a workspace build) then stops on them
 //! with "File exists". This script runs right after every such build and
 //! removes the dangling links, and nothing else.
 use std::path::Path;

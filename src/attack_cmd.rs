@@ -15,13 +15,13 @@ use eerag_attack::victim::{self, Amount};
 use eerag_attack::{brute_force, vector_match, weight_match};
 use eerag_benches::beir::{CorpusDoc, Dataset};
 use eerag_benches::eval::corpus_documents;
-use eerag_ingest::chunking::ChunkingOptions;
-use eerag_ingest::client::{chatml_template, AskOptions, TextDocument};
-use eerag_shared::models::encoder::Encoder;
-use eerag_shared::models::fetch::ModelsDir;
-use eerag_shared::models::generator::Generator;
-use eerag_shared::tokenize::{EncoderTokenizer, GeneratorTokenizer};
-use eerag_shared::Key;
+use eerag_client::chunking::ChunkingOptions;
+use eerag_client::client::{chatml_template, AskOptions, TextDocument};
+use eerag_client::tokenize::{EncoderTokenizer, GeneratorTokenizer};
+use eerag_client::Key;
+use eerag_core::models::encoder::Encoder;
+use eerag_core::models::fetch::ModelsDir;
+use eerag_core::models::generator::Generator;
 use serde_json::json;
 
 use crate::ModelsArg;
@@ -578,14 +578,14 @@ fn run_weight_match(args: &WeightMatchArgs) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let artifacts = dir.path().join("artifacts");
     log("transforming the models for a throwaway key (what the host is given)");
-    eerag_shared::transform::transform(
+    eerag_client::transform::transform(
         &key,
         &models.encoder_dir(),
         &models.generator_gguf(),
         &artifacts,
         false,
     )?;
-    let host = eerag_shared::transform::HostArtifacts::open(&artifacts, true)?;
+    let host = eerag_core::artifacts::HostArtifacts::open(&artifacts, true)?;
     let probe_ids: Vec<Vec<u32>> = PROBE_TEXTS
         .iter()
         .map(|t| enc.encode(t))

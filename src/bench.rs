@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
-use eerag_shared::models::{Encoder, Generator, GeneratorOptions};
+use eerag_core::models::{Encoder, Generator, GeneratorOptions};
 use serde_json::json;
 
 use crate::workload::{sample_paragraphs, Pair};
@@ -202,7 +202,7 @@ fn run_encoder(enc: &Encoder, seqs: &[Vec<u32>], batch: usize) -> Result<(f64, V
 pub(crate) fn llama_cpp_kernels() -> Option<String> {
     #[cfg(feature = "llama-cpp")]
     {
-        eerag_shared::models::llamacpp::kernels()
+        eerag_core::models::llamacpp::kernels()
     }
     #[cfg(not(feature = "llama-cpp"))]
     {
@@ -223,7 +223,7 @@ pub(crate) fn run_generator(
     let mut tokens = Vec::with_capacity(decode);
     let started = Instant::now();
     for _ in 0..decode {
-        let next = eerag_shared::sampling::argmax(&logits);
+        let next = eerag_core::sampling::argmax(&logits);
         tokens.push(next);
         logits = session.feed(&[next])?;
     }
@@ -239,7 +239,7 @@ fn run_generator_batch(
     decode: usize,
 ) -> Result<(f64, Vec<Vec<u32>>)> {
     let mut first = gen.session();
-    let start = eerag_shared::sampling::argmax(&first.feed(prompt)?);
+    let start = eerag_core::sampling::argmax(&first.feed(prompt)?);
     let mut sessions = (0..batch)
         .map(|_| first.fork())
         .collect::<Result<Vec<_>, _>>()?;
@@ -254,7 +254,7 @@ fn run_generator_batch(
         let logits = gen.step(&mut refs, &next)?;
         next = logits
             .iter()
-            .map(|l| eerag_shared::sampling::argmax(l))
+            .map(|l| eerag_core::sampling::argmax(l))
             .collect();
     }
     Ok((started.elapsed().as_secs_f64(), tokens))
@@ -301,7 +301,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 compare_store: args
                     .compare_store
                     .as_deref()
-                    .map(|url| eerag_ingest::StoreSpec::parse(url, None))
+                    .map(|url| eerag_store::StoreSpec::parse(url, None))
                     .transpose()?,
                 ..Default::default()
             },
@@ -374,7 +374,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .map(|(_, p)| p.as_str())
         .collect::<Vec<_>>()
         .join("\n\n");
-    let prompt = eerag_shared::tokenize::chatml_prompt(
+    let prompt = eerag_client::tokenize::chatml_prompt(
         gtok,
         "Answer using only the context.",
         &format!("Context:\n{context}\n\nQuestion: When does the clinic open on Saturdays?"),
@@ -457,7 +457,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let batched = (batch > 1).then(|| batch_t.figures((batch * args.decode_tokens) as f64));
     // Time to first token: the prompt's prefill plus choosing the token.
     let ttft_ms = |t: &[f64]| median(t.to_vec()) * 1e3;
-    let device_name = eerag_shared::device::ChosenDevice {
+    let device_name = eerag_core::device::ChosenDevice {
         device: device.clone(),
         asked: args.device.device,
         fallback: None,

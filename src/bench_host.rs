@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use eerag_benches::side::HostSide as Side;
-use eerag_ingest::client::{AskOptions, TextDocument};
-use eerag_ingest::ranking::compare_rankings;
-use eerag_shared::models::fetch::ModelsDir;
-use eerag_shared::wire::SearchMode;
-use eerag_shared::Key;
+use eerag_client::client::{AskOptions, TextDocument};
+use eerag_client::Key;
+use eerag_core::models::fetch::ModelsDir;
+use eerag_core::wire::SearchMode;
+use eerag_store::ranking::compare_rankings;
 use serde_json::json;
 
 use crate::bench::Timing;
@@ -221,7 +221,7 @@ pub fn run(models: &ModelsDir, args: &HostBenchArgs) -> Result<()> {
             }
             ids[s] = client
                 .cipher()
-                .decrypt_generator(&eerag_shared::EncGeneratorIds::new(
+                .decrypt_generator(&eerag_core::EncGeneratorIds::new(
                     client.cipher().key_id(),
                     tokens,
                 ))?;

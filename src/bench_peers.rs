@@ -23,11 +23,9 @@ use serde_json::{json, Value};
 
 use crate::bench::{median, speed_ratios};
 use crate::workload::{sample_paragraphs, Pair};
-use eerag_shared::models::fetch::ModelsDir;
-use eerag_shared::models::generator::llama_cpp_compiled;
-use eerag_shared::models::{
-    Encoder, EncoderBackend, Generator, GeneratorBackend, GeneratorOptions,
-};
+use eerag_core::models::fetch::ModelsDir;
+use eerag_core::models::generator::llama_cpp_compiled;
+use eerag_core::models::{Encoder, EncoderBackend, Generator, GeneratorBackend, GeneratorOptions};
 
 /// The peers, as pip installs them: (name on the command line, requirement,
 /// module to import).
@@ -411,7 +409,7 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
         .map(|(_, p)| p.as_str())
         .collect::<Vec<_>>()
         .join("\n\n");
-    let prompt = eerag_shared::tokenize::chatml_prompt(
+    let prompt = eerag_client::tokenize::chatml_prompt(
         &sides.generator_tokenizer,
         "Answer using only the context.",
         &format!("Context:\n{context}\n\nQuestion: When does the clinic open on Saturdays?"),
@@ -427,7 +425,7 @@ pub fn run(models: &ModelsDir, args: &PeerArgs) -> Result<()> {
         "threads": threads,
         "sentences": sentences,
         "batch": args.batch,
-        "max_seq_length": eerag_shared::tokenize::DEFAULT_ENCODER_MAX_TOKENS,
+        "max_seq_length": eerag_client::tokenize::DEFAULT_ENCODER_MAX_TOKENS,
         "encoder_dir": models.encoder_dir(),
         "generator_gguf": models.generator_gguf(),
         "prompt_ids": prompt,

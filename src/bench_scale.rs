@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use eerag_benches::scale::{self, percentile, ScaleOptions, MODES};
-use eerag_shared::models::fetch::ModelsDir;
+use eerag_core::models::fetch::ModelsDir;
 use serde_json::json;
 
 /// Runs the scale benchmark and prints a table (or JSON); draws the plot.

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use eerag_ingest::chunking::ChunkingOptions;
-use eerag_ingest::client::{AskOptions, ClientError, EncryptedClient};
-use eerag_ingest::remote::{HostClient, RemoteError};
-use eerag_ingest::upload::{self, FileStatus, Progress, UploadOptions, UploadSummary};
-use eerag_shared::sampling::Sampling;
-use eerag_shared::wire::SearchMode;
-use eerag_shared::Key;
+use eerag_client::chunking::ChunkingOptions;
+use eerag_client::client::{AskOptions, ClientError, EncryptedClient};
+use eerag_client::upload::{self, FileStatus, Progress, UploadOptions, UploadSummary};
+use eerag_client::Key;
+use eerag_core::sampling::Sampling;
+use eerag_core::wire::SearchMode;
+use eerag_remote::{HostClient, RemoteError};
 use serde_json::json;
 
 use crate::ModelsArg;
@@ -46,27 +46,9 @@ impl ConnectArgs {
 }
 
 /// One line on a host error.
+/// A host error for the person at the terminal ([`RemoteError::explanation`]).
 pub(crate) fn explain(e: RemoteError) -> anyhow::Error {
-    match e {
-        RemoteError::Transport(m) => anyhow::anyhow!("cannot reach the host: {m}"),
-        RemoteError::Status {
-            status: 401,
-            message,
-            ..
-        } => anyhow::anyhow!("the host wants an API key (--token or EERAG_TOKEN): {message}"),
-        RemoteError::Status {
-            status: 503,
-            message,
-            ..
-        } => anyhow::anyhow!("the host is busy ({message}); try again shortly"),
-        RemoteError::Status {
-            status,
-            code,
-            message,
-            ..
-        } => anyhow::anyhow!("the host refused the request ({status} {code}): {message}"),
-        RemoteError::Protocol(m) => anyhow::anyhow!("the host's reply was not understood: {m}"),
-    }
+    anyhow::anyhow!(e.explanation())
 }
 
 pub(crate) fn explain_client(e: ClientError, server: &str) -> anyhow::Error {

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use eerag_ingest::client::{Answer, AskOptions, EncryptedClient};
-use eerag_ingest::remote::HostClient;
-use eerag_ingest::upload::{self, UploadOptions};
-use eerag_query::server::{BackgroundServer, ServeConfig};
-use eerag_shared::models::fetch;
-use eerag_shared::{transform, Key};
+use eerag_client::client::{Answer, AskOptions, EncryptedClient};
+use eerag_client::upload::{self, UploadOptions};
+use eerag_client::{transform, Key};
+use eerag_core::models::fetch;
+use eerag_host::server::{BackgroundServer, ServeConfig};
+use eerag_remote::HostClient;
 
 use crate::workload::SAMPLE_DOCS;
 use crate::ModelsArg;

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use eerag_benches::eval::{self, AnswerCheck, EvalOptions, DEFAULT_DEPTH};
-use eerag_ingest::chunking::ChunkingOptions;
-use eerag_shared::wire::SearchMode;
+use eerag_client::chunking::ChunkingOptions;
+use eerag_core::wire::SearchMode;
 
 use crate::client_cmds::parse_mode;
 use crate::ModelsArg;

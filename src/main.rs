@@ -10,17 +10,16 @@ mod demo;
 mod eval_cmd;
 mod gateway;
 mod reindex_cmd;
-mod serve;
-mod store_args;
 mod workload;
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use eerag_shared::models::fetch::{self, ModelsDir};
-use eerag_shared::transform;
-use eerag_shared::Key;
+use eerag_client::transform;
+use eerag_client::Key;
+use eerag_core::models::fetch::{self, ModelsDir};
+pub use eerag_host::cli::{parse_dtype, DeviceArgs};
 
 #[derive(Parser)]
 #[command(
@@ -97,8 +96,9 @@ enum Command {
     Attack(attack_cmd::AttackArgs),
     /// Run the host: the REST API over the store (embedded, or a Qdrant
     /// server with --store) and the transformed models. Takes host artifacts
-    /// only: it has no key and no tokenizer.
-    Serve(serve::ServeArgs),
+    /// only: it has no key and no tokenizer. The same as `eerag-host serve`,
+    /// the binary to install on a host.
+    Serve(eerag_host::cli::serve::ServeArgs),
     /// Batch jobs over whole collections (host side): migrate between stores.
     Reindex(reindex_cmd::ReindexArgs),
     /// Read, chunk, encrypt and upload files and folders (client side).
@@ -143,33 +143,6 @@ enum ModelsAction {
     },
 }
 
-/// Where the models run, shared by the commands that run them.
-#[derive(clap::Args, Clone, Debug)]
-pub struct DeviceArgs {
-    /// auto (a GPU when this binary has CUDA and one answers, else the CPU),
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: eerag_shared::device::DeviceChoice,
-    /// The generator's implementation: auto (llama.cpp for a GGUF on the
-    /// CPU when this binary has it, else candle), candle or llama-cpp.
-    #[arg(long, default_value = "auto")]
-    pub generator_backend: eerag_shared::models::GeneratorBackend,
-}
-
-impl DeviceArgs {
-    /// Resolves `--device`, printing the choice on stderr.
-    pub fn select(&self) -> Result<candle_core::Device> {
-        let chosen = eerag_shared::device::select(self.device)?;
-        eprintln!("models run on {}", chosen.describe());
-        Ok(chosen.device)
-    }
-}
-
-/// Parses an optional `f32`/`f16`/`bf16` flag.
-pub fn parse_dtype(s: Option<&str>) -> Result<Option<candle_core::DType>> {
-    Ok(s.map(eerag_shared::convert::parse_dtype).transpose()?)
-}
-
 /// The models folder option shared by subcommands.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelsArg {
@@ -204,21 +177,10 @@ impl ModelsArg {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    // The server reports each request (route templates, never bodies).
-    // qdrant-edge warns about its feature flags once per segment; llama.cpp
-    // warns that a host file's vocabulary is placeholders, as it should be.
-    let default_filter = match cli.command {
-        Command::Serve(_) => "warn,eerag=info,eerag_query=info,qdrant_edge::common::flags=error,qdrant_edge::common::mmap=error,llama-cpp-2=error",
-        _ => "warn,qdrant_edge::common::flags=error,qdrant_edge::common::mmap=error,llama-cpp-2=error",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    eerag_host::cli::init_logging(match cli.command {
+        Command::Serve(_) => eerag_host::cli::SERVE_LOG_FILTER,
+        _ => eerag_host::cli::QUIET_LOG_FILTER,
+    });
     match cli.command {
         Command::Models {
             action: ModelsAction::Fetch { models },
@@ -242,9 +204,9 @@ fn main() -> Result<()> {
                 },
         } => {
             let gguf = gguf.unwrap_or_else(|| models.resolve().generator_gguf());
-            let dtype = eerag_shared::convert::parse_dtype(&dtype)?;
+            let dtype = eerag_core::convert::parse_dtype(&dtype)?;
             let started = std::time::Instant::now();
-            let export = eerag_shared::convert::export_generator(&gguf, &out, dtype)
+            let export = eerag_core::convert::export_generator(&gguf, &out, dtype)
                 .with_context(|| format!("exporting {}", gguf.display()))?;
             println!(
                 "wrote {} ({} tensors, {:.1} MB of {dtype:?} weights) in {:.1} s",
@@ -296,13 +258,13 @@ fn main() -> Result<()> {
         Command::Eval(args) => eval_cmd::run(&args)?,
         Command::Bench(args) => bench::run(&args)?,
         Command::Attack(args) => attack_cmd::run(&args)?,
-        Command::Serve(args) => serve::run(args)?,
+        Command::Serve(args) => eerag_host::cli::serve::run(args)?,
         Command::Reindex(args) => reindex_cmd::run(&args)?,
         Command::Upload(args) => client_cmds::upload(&args)?,
         Command::Search(args) => client_cmds::search(&args)?,
         Command::Ask(args) => client_cmds::ask(&args)?,
         Command::Gateway(args) => gateway::run(args)?,
-        Command::HashToken { token } => println!("{}", eerag_query::auth::hash_token(&token)),
+        Command::HashToken { token } => println!("{}", eerag_host::auth::hash_token(&token)),
     }
     Ok(())
 }

@@ -3,11 +3,11 @@
 
 use anyhow::{Context, Result};
 use candle_core::Device;
-use eerag_shared::models::fetch::ModelsDir;
-use eerag_shared::models::GeneratorOptions;
-use eerag_shared::side_by_side::SideBySide;
-use eerag_shared::transform::HostArtifacts;
-use eerag_shared::Key;
+use eerag_client::side_by_side::SideBySide;
+use eerag_client::Key;
+use eerag_core::artifacts::HostArtifacts;
+use eerag_core::models::fetch::ModelsDir;
+use eerag_core::models::GeneratorOptions;
 
 /// The sample corpus, compiled in so the binary runs from any directory.
 pub const SAMPLE_DOCS: &[(&str, &str)] = &[

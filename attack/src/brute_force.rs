@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use eerag_shared::Key;
+use eerag_client::Key;
 use serde::Serialize;
 
 use crate::secs;

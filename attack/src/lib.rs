@@ -25,17 +25,17 @@ pub mod weight_match;
 #[derive(Debug, thiserror::Error)]
 pub enum AttackError {
     #[error(transparent)]
-    Ee(#[from] eerag_shared::EeError),
+    Ee(#[from] eerag_core::EeError),
     #[error("model arithmetic: {0}")]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Side(#[from] eerag_benches::side::SideError),
     #[error(transparent)]
-    Store(#[from] eerag_ingest::store::StoreError),
+    Store(#[from] eerag_store::store::StoreError),
     #[error(transparent)]
-    Client(#[from] eerag_ingest::client::ClientError),
+    Client(#[from] eerag_client::client::ClientError),
     #[error(transparent)]
-    Upload(#[from] eerag_ingest::upload::UploadError),
+    Upload(#[from] eerag_client::upload::UploadError),
     #[error(transparent)]
     Dataset(#[from] eerag_benches::beir::BeirError),
     #[error("{0}")]

@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, D};
-use eerag_shared::models::encoder::Encoder;
+use eerag_core::models::encoder::Encoder;
 use serde::Serialize;
 
 use crate::victim::Victim;
@@ -101,7 +101,7 @@ pub fn attack(
         .chunks
         .iter()
         .map(|c| perm.invert_all(&c.encoder_ids))
-        .collect::<eerag_shared::Result<_>>()?;
+        .collect::<eerag_core::Result<_>>()?;
     let stored = texts.len();
     let candidates: Vec<&[u32]> = texts.iter().chain(distractors).map(Vec::as_slice).collect();
     progress(&format!(
@@ -163,7 +163,7 @@ mod tests {
     fn polar_factor_of_a_rotated_cloud_is_the_rotation() {
         use rand::SeedableRng;
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
-        let r = eerag_shared::rotation::Rotation::random(8, &mut rng);
+        let r = eerag_client::rotation::Rotation::random(8, &mut rng);
         let normal = rand_distr::Normal::new(0f32, 1.0).unwrap();
         let xs: Vec<Vec<f32>> = (0..20)
             .map(|_| {

@@ -9,14 +9,14 @@ use std::time::Instant;
 use eerag_benches::beir::CorpusDoc;
 use eerag_benches::eval::corpus_documents;
 use eerag_benches::side::HostSide;
-use eerag_ingest::chunking::ChunkingOptions;
-use eerag_ingest::client::TextDocument;
-use eerag_ingest::store::Store;
-use eerag_ingest::upload::{upload_documents, UploadOptions};
-use eerag_ingest::EdgeStore;
-use eerag_shared::models::fetch::ModelsDir;
-use eerag_shared::tokenize::EncoderTokenizer;
-use eerag_shared::Key;
+use eerag_client::chunking::ChunkingOptions;
+use eerag_client::client::TextDocument;
+use eerag_client::tokenize::EncoderTokenizer;
+use eerag_client::upload::{upload_documents, UploadOptions};
+use eerag_client::Key;
+use eerag_core::models::fetch::ModelsDir;
+use eerag_store::store::Store;
+use eerag_store::EdgeStore;
 
 use crate::{secs, AttackError, Result};
 

@@ -18,9 +18,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, D};
-use eerag_shared::gguf;
-use eerag_shared::models::encoder::{Encoder, CONFIG_FILE, WEIGHTS_FILE};
-use eerag_shared::permutation::Permutation;
+use eerag_core::gguf;
+use eerag_core::models::encoder::{Encoder, CONFIG_FILE, WEIGHTS_FILE};
+use eerag_core::permutation::Permutation;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, Normal};

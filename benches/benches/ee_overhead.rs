@@ -4,9 +4,9 @@
 //! Model throughput, encrypted vs plaintext, is measured by `eerag bench`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use eerag_shared::client::{ClientCipher, ModelShape};
-use eerag_shared::sampling::{argmax, Sampler, Sampling};
-use eerag_shared::Key;
+use eerag_client::cipher::{ClientCipher, ModelShape};
+use eerag_client::Key;
+use eerag_core::sampling::{argmax, Sampler, Sampling};
 
 fn shape() -> ModelShape {
     ModelShape {

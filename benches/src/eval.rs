@@ -6,15 +6,15 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use eerag_ingest::chunking::ChunkingOptions;
-use eerag_ingest::client::{AskOptions, ClientError, Hit, TextDocument};
-use eerag_ingest::extract::{normalize, Extracted};
-use eerag_ingest::ranking::compare_rankings_with_floor;
-use eerag_ingest::upload::{upload_documents, UploadError, UploadOptions};
-use eerag_shared::models::fetch::ModelsDir;
-use eerag_shared::tokenize::EncoderTokenizer;
-use eerag_shared::wire::SearchMode;
-use eerag_shared::Key;
+use eerag_client::chunking::ChunkingOptions;
+use eerag_client::client::{AskOptions, ClientError, Hit, TextDocument};
+use eerag_client::extract::{normalize, Extracted};
+use eerag_client::tokenize::EncoderTokenizer;
+use eerag_client::upload::{upload_documents, UploadError, UploadOptions};
+use eerag_client::Key;
+use eerag_core::models::fetch::ModelsDir;
+use eerag_core::wire::SearchMode;
+use eerag_store::ranking::compare_rankings_with_floor;
 use serde::Serialize;
 
 use crate::beir::{load_answers, BeirError, CorpusDoc, Dataset};
@@ -27,7 +27,7 @@ pub const DEFAULT_DEPTH: usize = 300;
 
 /// Relative score difference under which two hits count as tied (float
 /// reassociation under the key may swap them): the host's own.
-pub use eerag_query::service::TIE_TOLERANCE;
+pub use eerag_host::service::TIE_TOLERANCE;
 
 /// Errors of an evaluation.
 #[derive(Debug, thiserror::Error)]

@@ -15,14 +15,14 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use eerag_ingest::ranking::compare_rankings_with_floor;
-use eerag_ingest::store::{NewChunk, NewDocument, Store, StoreError};
-use eerag_ingest::StoreSpec;
-use eerag_shared::client::{ClientCipher, ModelShape};
-use eerag_shared::models::fetch::ModelsDir;
-use eerag_shared::tokenize::{EncoderTokenizer, GeneratorTokenizer};
-use eerag_shared::wire::SearchMode;
-use eerag_shared::Key;
+use eerag_client::cipher::{ClientCipher, ModelShape};
+use eerag_client::tokenize::{EncoderTokenizer, GeneratorTokenizer};
+use eerag_client::Key;
+use eerag_core::models::fetch::ModelsDir;
+use eerag_core::wire::SearchMode;
+use eerag_store::ranking::compare_rankings_with_floor;
+use eerag_store::store::{NewChunk, NewDocument, Store, StoreError};
+use eerag_store::StoreSpec;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, StandardNormal, Zipf};
@@ -37,11 +37,11 @@ pub enum ScaleError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("model files: {0}")]
-    Models(#[from] eerag_shared::EeError),
+    Models(#[from] eerag_core::EeError),
     #[error("client: {0}")]
-    Client(#[from] eerag_ingest::client::ClientError),
+    Client(#[from] eerag_client::client::ClientError),
     #[error("host: {0}")]
-    Host(#[from] eerag_ingest::remote::RemoteError),
+    Host(#[from] eerag_remote::RemoteError),
     #[error(
         "{mode:?} rankings of the two pipelines differ at {chunks} chunks for {query:?}: {why}"
     )]
@@ -212,8 +212,8 @@ impl Synthetic {
         vector.iter_mut().for_each(|x| *x /= norm);
         NewChunk {
             // The identity key's ids: the plaintext, until `encrypt`.
-            encoder_ids: eerag_shared::EncEncoderIds::new(Key::identity().id(), encoder),
-            generator_ids: eerag_shared::EncGeneratorIds::new(Key::identity().id(), generator),
+            encoder_ids: eerag_core::EncEncoderIds::new(Key::identity().id(), encoder),
+            generator_ids: eerag_core::EncGeneratorIds::new(Key::identity().id(), generator),
             metadata,
             vector,
             seq: None,
@@ -270,7 +270,7 @@ fn seed_store(
 fn encoder_dim(models: &ModelsDir) -> Result<usize, ScaleError> {
     let path = models
         .encoder_dir()
-        .join(eerag_shared::models::encoder::CONFIG_FILE);
+        .join(eerag_core::models::encoder::CONFIG_FILE);
     let config: serde_json::Value = std::fs::read(&path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -330,13 +330,11 @@ pub fn run(
             };
             let side = HostSide::start_seeded_on(key, models, store, |store| {
                 // A collection left by an interrupted run of this bench.
-                let _ = store.delete_collection(&format!(
-                    "{}.{collection}",
-                    eerag_query::auth::LOCAL_TENANT
-                ));
+                let _ = store
+                    .delete_collection(&format!("{}.{collection}", eerag_host::auth::LOCAL_TENANT));
                 write_secs[s] = seed_store(
                     store,
-                    &format!("{}.{collection}", eerag_query::auth::LOCAL_TENANT),
+                    &format!("{}.{collection}", eerag_host::auth::LOCAL_TENANT),
                     key,
                     &corpus,
                     documents,
@@ -433,8 +431,7 @@ pub fn run(
         if let Some(spec) = &options.compare_store {
             // A server outlives the run: leave nothing on it.
             let (store, _) = spec.open()?;
-            store
-                .delete_collection(&format!("{}.{collection}", eerag_query::auth::LOCAL_TENANT))?;
+            store.delete_collection(&format!("{}.{collection}", eerag_host::auth::LOCAL_TENANT))?;
         }
         results.push(SizeResult {
             chunks,

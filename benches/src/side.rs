@@ -3,13 +3,14 @@
 //! With [`Key::identity`] it is the plaintext pipeline: the same code with
 //! identity permutations and rotation.
 
-use eerag_ingest::client::{ClientError, EncryptedClient};
-use eerag_ingest::remote::HostClient;
-use eerag_ingest::store::{Store, StoreError};
-use eerag_ingest::StoreSpec;
-use eerag_query::server::{BackgroundServer, ServeConfig, ServeError};
-use eerag_shared::models::fetch::ModelsDir;
-use eerag_shared::{EeError, Key};
+use eerag_client::client::{ClientError, EncryptedClient};
+use eerag_client::Key;
+use eerag_core::models::fetch::ModelsDir;
+use eerag_core::EeError;
+use eerag_host::server::{BackgroundServer, ServeConfig, ServeError};
+use eerag_remote::HostClient;
+use eerag_store::store::{Store, StoreError};
+use eerag_store::StoreSpec;
 
 /// Errors starting a side.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +76,7 @@ impl HostSide {
             seed(store.as_ref()).map_err(|e| SideError::Seed(Box::new(e)))?;
         }
         let artifacts = dir.path().join("artifacts");
-        eerag_shared::transform::transform(
+        eerag_client::transform::transform(
             key,
             &models.encoder_dir(),
             &models.generator_gguf(),

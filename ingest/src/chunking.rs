@@ -2,8 +2,8 @@
 //! side). Cuts prefer paragraph ends, then sentence ends, near the end of a
 //! window, so a chunk rarely stops mid-sentence.
 
-use eerag_shared::tokenize::EncoderTokenizer;
-use eerag_shared::EeError;
+use crate::tokenize::EncoderTokenizer;
+use eerag_core::EeError;
 
 /// How documents are cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,22 +2,23 @@
 //! Plaintext and the key live here and never leave: the host gets ids under
 //! the secret permutations and sealed metadata.
 
-use eerag_shared::client::{ClientCipher, ModelShape};
-use eerag_shared::models::fetch::ModelsDir;
-use eerag_shared::sampling::Sampling;
-use eerag_shared::tokenize::{EncoderTokenizer, GeneratorTokenizer};
-use eerag_shared::wire::{
+use crate::cipher::{ClientCipher, ModelShape};
+use crate::tokenize::{EncoderTokenizer, GeneratorTokenizer};
+use crate::Key;
+use eerag_core::models::fetch::ModelsDir;
+use eerag_core::sampling::Sampling;
+use eerag_core::wire::{
     AnswerRequest, AnswerSummary, ChunkUpload, CollectionInfo, DocumentUpload, EncryptedQuestion,
     PromptTemplate, SearchMode, SearchRequest, UpsertRequest, UpsertResponse,
 };
-use eerag_shared::{EeError, Key};
+use eerag_core::EeError;
 use serde::{Deserialize, Serialize};
 
 use std::path::Path;
 
 use crate::chunking::{chunk_text, ChunkingOptions, TextChunk};
 use crate::extract::{extract_file, ExtractError, Extracted};
-use crate::remote::{HostClient, RemoteError};
+use eerag_remote::{HostClient, RemoteError};
 
 /// Errors of the encrypting client.
 #[derive(Debug, thiserror::Error)]
@@ -417,7 +418,7 @@ impl EncryptedClient {
             .map(|h| {
                 let ids = self
                     .cipher
-                    .decrypt_generator(&eerag_shared::EncGeneratorIds::new(
+                    .decrypt_generator(&eerag_core::EncGeneratorIds::new(
                         self.cipher.key_id(),
                         h.generator_ids,
                     ))?;

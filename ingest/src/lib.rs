@@ -1,24 +1,26 @@
-//! Host-side storage of encrypted chunks (vector store + keyword index behind
-//! one trait); on the client side, reading and cutting files ([`extract`],
-//! [`chunking`]), the upload job ([`upload`]) and the API client that
-//! encrypts before it sends ([`client`]) over the ciphertext-only HTTP
-//! client ([`remote`]).
+//! The client side of eerag: everything that holds the key or sees
+//! plaintext. The key and what it derives ([`key`]: vocabulary permutations,
+//! the embedding rotation, the metadata cipher), encrypting ids and sealing
+//! metadata ([`cipher`]), the public tokenizers ([`tokenize`]), writing host
+//! artifacts ([`transform`]), reading and cutting files ([`extract`],
+//! [`chunking`]), the upload job ([`upload`]), the API client that encrypts
+//! before it sends ([`client`]) and key rotation ([`rekey`]).
+//!
+//! The host never links this crate: the boundary test
+//! (`query/tests/boundary.rs`) fails if its binary's dependencies reach it.
 
-pub mod backend;
 pub mod chunking;
+pub mod cipher;
 pub mod client;
-pub mod edge_store;
 pub mod extract;
-pub mod keyword;
-pub mod qdrant_store;
-pub mod ranking;
-pub mod rebuild;
-pub mod reindex;
-pub mod remote;
-pub mod store;
+pub mod key;
+pub mod metadata;
+pub mod rekey;
+pub mod rotation;
+#[cfg(any(test, feature = "test-support"))]
+pub mod side_by_side;
+pub mod tokenize;
+pub mod transform;
 pub mod upload;
 
-pub use backend::StoreSpec;
-pub use edge_store::EdgeStore;
-pub use qdrant_store::{QdrantOptions, QdrantStore};
-pub use store::{Collection, Store, StoreError};
+pub use key::Key;

@@ -7,13 +7,13 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use eerag_shared::wire::DocumentUpload;
+use eerag_core::wire::DocumentUpload;
 use serde::Serialize;
 
 use crate::chunking::ChunkingOptions;
 use crate::client::{ClientError, EncryptedClient, TextDocument};
 use crate::extract::{ExtractError, FileKind};
-use crate::remote::RemoteError;
+use eerag_remote::RemoteError;
 
 /// How to upload.
 #[derive(Clone, Debug)]
@@ -514,7 +514,7 @@ fn send(
     let files = std::mem::take(&mut batch.files);
     batch.chunks = 0;
     let put = |docs: Vec<DocumentUpload>, progress: &mut dyn FnMut(Progress<'_>)| {
-        let request = eerag_shared::wire::UpsertRequest {
+        let request = eerag_core::wire::UpsertRequest {
             key_id: client.cipher().key_id(),
             documents: docs,
         };

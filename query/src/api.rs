@@ -17,7 +17,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
-use eerag_shared::wire::{
+use eerag_core::wire::{
     AnswerRequest, AnswerResponse, AnswerSummary, CollectionList, CreateCollection,
     CreateVersionRequest, DeleteResponse, EmbedRequest, EmbedResponse, ErrorBody, ErrorDetail,
     FinishReason, Health, ReembedRequest, ReembedResponse, SearchRequest, SearchResponse,

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use eerag_ingest::{QdrantOptions, StoreSpec};
+use eerag_store::{QdrantOptions, StoreSpec};
 use serde::Deserialize;
 
 use crate::auth::{ApiKeyEntry, Auth, AuthConfig, AuthError};

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use eerag_shared::models::{
+use eerag_core::artifacts::HostArtifacts;
+use eerag_core::models::{
     Decoding, Encoder, GenerationOptions, Generator, GeneratorBackend, GeneratorOptions, Session,
     StopReason,
 };
-use eerag_shared::transform::HostArtifacts;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
@@ -137,7 +137,7 @@ impl Engine {
         limits: EngineLimits,
         metrics: Arc<Metrics>,
     ) -> Result<Self, EngineError> {
-        let model = |e: eerag_shared::EeError| EngineError::Model(e.to_string());
+        let model = |e: eerag_core::EeError| EngineError::Model(e.to_string());
         let device = &placement.device;
         let encoder = Encoder::load(&artifacts.encoder_dir(), device).map_err(model)?;
         let generator = Generator::load_with(

@@ -1,9 +1,12 @@
 //! The host: retrieval (dense + BM25 + reciprocal-rank fusion), generation,
-//! and the axum REST API. Host code takes only ciphertext types and host
-//! artifacts: there is no key and no tokenizer here.
+//! the axum REST API, and the operator's command line ([`cli`]). It links
+//! only `eerag-core`, `eerag-store` and `eerag-remote`: no key, no
+//! tokenizer, no AEAD and no client code, which `tests/boundary.rs` checks
+//! in the dependency graph (docs/design.md, "The plaintext boundary").
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod metrics;

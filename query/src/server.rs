@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::DType;
-use eerag_ingest::edge_store::Recovery;
-use eerag_ingest::StoreSpec;
-use eerag_shared::device::{self, DeviceChoice};
-use eerag_shared::models::GeneratorBackend;
-use eerag_shared::transform::HostArtifacts;
-use eerag_shared::KeyId;
+use eerag_core::artifacts::HostArtifacts;
+use eerag_core::device::{self, DeviceChoice};
+use eerag_core::models::GeneratorBackend;
+use eerag_core::KeyId;
+use eerag_store::edge_store::Recovery;
+use eerag_store::StoreSpec;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -26,9 +26,9 @@ use crate::service::{ServedModels, Service, ServiceLimits};
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("host artifacts: {0}")]
-    Artifacts(#[from] eerag_shared::EeError),
+    Artifacts(#[from] eerag_core::EeError),
     #[error("store: {0}")]
-    Store(#[from] eerag_ingest::StoreError),
+    Store(#[from] eerag_store::StoreError),
     #[error("models: {0}")]
     Engine(#[from] crate::engine::EngineError),
     #[error("cannot listen on {addr}: {source}")]
@@ -43,7 +43,7 @@ pub enum ServeError {
     #[error("{0}: these artifacts are for a key and encoder already loaded")]
     DuplicateArtifacts(PathBuf),
     #[error("device: {0}")]
-    Device(eerag_shared::EeError),
+    Device(eerag_core::EeError),
 }
 
 /// Default bound on API requests handled at once.

@@ -6,17 +6,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use eerag_ingest::store::{
-    sort_hits, ChunkId, ChunkRecord, Collection, CollectionMeta, CollectionSpec, NewChunk,
-    NewDocument, ScoredChunk, Store, StoreError,
-};
-use eerag_shared::models::{GenerationOptions, StopReason};
-use eerag_shared::wire::{
+use eerag_core::models::{GenerationOptions, StopReason};
+use eerag_core::wire::{
     AnswerRequest, CollectionInfo, DocumentExport, DocumentList, DocumentResult, DocumentStatus,
     DocumentSummary, EmbedRequest, FinishReason, SearchHit, SearchMode, SearchRequest, StoredChunk,
     UpsertRequest, UpsertResponse, UsedChunk,
 };
-use eerag_shared::{EncEncoderIds, EncGeneratorIds, KeyId};
+use eerag_core::{EncEncoderIds, EncGeneratorIds, KeyId};
+use eerag_store::store::{
+    sort_hits, ChunkId, ChunkRecord, Collection, CollectionMeta, CollectionSpec, NewChunk,
+    NewDocument, ScoredChunk, Store, StoreError,
+};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::engine::{Engine, EngineError, GenerationEvent};

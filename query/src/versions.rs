@@ -12,10 +12,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use eerag_ingest::store::{Collection, CollectionSpec, NewChunk, NewDocument, Store, StoreError};
-use eerag_shared::wire::{
+use eerag_core::wire::{
     CreateVersionRequest, ReembedRequest, ReembedResponse, SwitchResponse, VersionInfo, VersionList,
 };
+use eerag_store::store::{Collection, CollectionSpec, NewChunk, NewDocument, Store, StoreError};
 
 use crate::service::{validate_name, Service, ServiceError};
 

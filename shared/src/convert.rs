@@ -170,7 +170,7 @@ pub fn export_generator(gguf_path: &Path, out: &Path, dtype: DType) -> Result<Ex
         "hidden_act": "silu",
     });
     // Written beside, then renamed: a failed export leaves no half folder.
-    let (_, _, staging) = crate::transform::staging_beside(out)
+    let (_, _, staging) = crate::artifacts::staging_beside(out)
         .ok_or_else(|| EeError::InvalidArgument("the output must end in a folder name".into()))??;
     std::fs::create_dir_all(&staging).map_err(|e| EeError::io(&staging, e))?;
     let written = (|| -> Result<()> {
@@ -197,8 +197,8 @@ pub fn export_generator(gguf_path: &Path, out: &Path, dtype: DType) -> Result<Ex
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gguf::tests::tiny_llama;
     use crate::models::Generator;
+    use crate::test_support::tiny_llama;
 
     #[test]
     fn the_export_computes_what_the_gguf_computes() {
@@ -213,7 +213,7 @@ mod tests {
             "refuses to overwrite"
         );
 
-        let quantized = crate::gguf::tests::load_on(
+        let quantized = crate::test_support::load_on(
             &gguf_path,
             crate::models::generator::GeneratorBackend::Candle,
         );
@@ -225,7 +225,7 @@ mod tests {
         let (mut ql, mut dl) = (q.feed(&prompt).unwrap(), d.feed(&prompt).unwrap());
         for step in 0..6 {
             // The same function up to the Q8_0 head's activation rounding.
-            crate::gguf::tests::assert_logits_close(&ql, &dl, &format!("step {step}"));
+            crate::test_support::assert_logits_close(&ql, &dl, &format!("step {step}"));
             let next = crate::sampling::argmax(&ql);
             assert_eq!(crate::sampling::argmax(&dl), next, "step {step}");
             ql = q.feed(&[next]).unwrap();

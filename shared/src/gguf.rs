@@ -199,145 +199,23 @@ pub fn metadata(path: &Path) -> Result<HashMap<String, gguf_file::Value>> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::models::generator::{
         GenerationOptions, Generator, GeneratorBackend, GeneratorOptions,
     };
     use crate::sampling::Sampling;
     use candle_core::quantized::gguf_file::Value;
-    use candle_core::{DType, Tensor};
 
-    const VOCAB: usize = 96;
-    const DIM: usize = 64;
-
-    /// Writes a tiny random llama GGUF: Q8_0 embedding (and optionally an own
-    /// Q8_0 output head), f32 elsewhere, plus tokenizer metadata to strip.
-    pub(crate) fn tiny_llama(path: &Path, own_output_head: bool) {
-        let dev = Device::Cpu;
-        let rand = |shape: &[usize], seed: u64| -> Tensor {
-            let n: usize = shape.iter().product();
-            let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-            let data: Vec<f32> = (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    ((x % 2001) as f32 / 1000.0 - 1.0) * 0.5
-                })
-                .collect();
-            Tensor::from_vec(data, shape, &dev).unwrap()
-        };
-        let q8 = |t: &Tensor| QTensor::quantize(t, GgmlDType::Q8_0).unwrap();
-        let f32q = |t: &Tensor| QTensor::quantize(t, GgmlDType::F32).unwrap();
-        let mut tensors = vec![
-            ("token_embd.weight".to_string(), q8(&rand(&[VOCAB, DIM], 1))),
-            (
-                "output_norm.weight".to_string(),
-                f32q(&Tensor::ones(DIM, DType::F32, &dev).unwrap()),
-            ),
-        ];
-        if own_output_head {
-            tensors.push(("output.weight".into(), q8(&rand(&[VOCAB, DIM], 2))));
-        }
-        let ones = Tensor::ones(DIM, DType::F32, &dev).unwrap();
-        for (i, (name, shape)) in [
-            ("attn_q", [DIM, DIM]),
-            ("attn_k", [DIM, DIM]),
-            ("attn_v", [DIM, DIM]),
-            ("attn_output", [DIM, DIM]),
-            ("ffn_gate", [2 * DIM, DIM]),
-            ("ffn_up", [2 * DIM, DIM]),
-            ("ffn_down", [DIM, 2 * DIM]),
-        ]
-        .iter()
-        .enumerate()
-        {
-            tensors.push((
-                format!("blk.0.{name}.weight"),
-                f32q(&rand(shape, 10 + i as u64)),
-            ));
-        }
-        tensors.push(("blk.0.attn_norm.weight".into(), f32q(&ones)));
-        tensors.push(("blk.0.ffn_norm.weight".into(), f32q(&ones)));
-        let md = vec![
-            ("general.architecture", Value::String("llama".into())),
-            ("llama.attention.head_count", Value::U32(4)),
-            ("llama.attention.head_count_kv", Value::U32(4)),
-            ("llama.block_count", Value::U32(1)),
-            ("llama.embedding_length", Value::U32(DIM as u32)),
-            ("llama.rope.dimension_count", Value::U32(16)),
-            ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
-            ("llama.context_length", Value::U32(64)),
-            ("llama.feed_forward_length", Value::U32(2 * DIM as u32)),
-            ("tokenizer.ggml.model", Value::String("gpt2".into())),
-        ];
-        let md: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
-        let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, q)| (n.as_str(), q)).collect();
-        let mut f = File::create(path).unwrap();
-        gguf_file::write(&mut f, &md, &ts).unwrap();
-    }
-
-    /// Asserts that two runs of one model's function agree: the largest
-    /// logit difference under 2% of the largest logit (different kernels or
-    /// weight formats round differently; a wrong row order or RoPE would be
-    /// off by whole units).
-    pub(crate) fn assert_logits_close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}: vocabulary sizes");
-        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(worst < 0.02 * scale, "{what}: max diff {worst} of {scale}");
-    }
-
-    /// A generator on `backend`, on the CPU.
-    pub(crate) fn load_on(path: &Path, backend: GeneratorBackend) -> Generator {
-        let options = GeneratorOptions {
-            backend,
-            ..GeneratorOptions::on(&Device::Cpu)
-        };
-        let generator = Generator::load_with(path, &options).unwrap();
-        assert_eq!(generator.backend(), backend);
-        generator
-    }
-
-    /// Greedy-decodes `prompt` on `plain` and its encryption on `host` side
-    /// by side for `steps` steps, asserting at every step that the host's
-    /// logits are the plaintext logits permuted by `perm`, bitwise; returns
-    /// the plaintext tokens.
-    pub(crate) fn greedy_walk_permuted(
-        plain: &Generator,
-        host: &Generator,
-        prompt: &[u32],
-        perm: &Permutation,
-        steps: usize,
-        what: &str,
-    ) -> Vec<u32> {
-        let (mut ps, mut hs) = (plain.session(), host.session());
-        let mut pl = ps.feed(prompt).unwrap();
-        let mut hl = hs.feed(&perm.apply_all(prompt).unwrap()).unwrap();
-        let mut tokens = Vec::with_capacity(steps);
-        for step in 0..steps {
-            for (t, l) in pl.iter().enumerate() {
-                let c = perm.apply(t as u32).unwrap() as usize;
-                assert_eq!(
-                    hl[c].to_bits(),
-                    l.to_bits(),
-                    "{what}, step {step}: logit of id {t}"
-                );
-            }
-            let next = crate::sampling::argmax(&pl);
-            tokens.push(next);
-            pl = ps.feed(&[next]).unwrap();
-            hl = hs.feed(&[perm.apply(next).unwrap()]).unwrap();
-        }
-        tokens
-    }
+    use crate::test_support::{
+        assert_logits_close, greedy_walk_permuted, load_on, tiny_llama, VOCAB,
+    };
 
     fn check_permuted_model(own_output_head: bool) {
         let dir = tempfile::tempdir().unwrap();
         let (base, out) = (dir.path().join("base.gguf"), dir.path().join("enc.gguf"));
         tiny_llama(&base, own_output_head);
-        let perm = crate::Key::from_secret([4; 32]).generator_permutation(VOCAB);
+        let perm = crate::test_support::seeded_permutation(VOCAB, 4);
         assert_eq!(write_permuted(&base, &out, &perm).unwrap(), VOCAB);
 
         let (content, _) = read(&out).unwrap();
@@ -411,7 +289,7 @@ pub(crate) mod tests {
             let (plain_path, enc_path) = (dir.path().join("id.gguf"), dir.path().join("enc.gguf"));
             let identity = crate::permutation::Permutation::identity(VOCAB, "generator");
             write_permuted(&base, &plain_path, &identity).unwrap();
-            let perm = crate::Key::from_secret([4; 32]).generator_permutation(VOCAB);
+            let perm = crate::test_support::seeded_permutation(VOCAB, 4);
             write_permuted(&base, &enc_path, &perm).unwrap();
             let plain = load_on(&plain_path, GeneratorBackend::LlamaCpp);
             let enc = load_on(&enc_path, GeneratorBackend::LlamaCpp);
@@ -510,7 +388,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.gguf");
         tiny_llama(&base, false);
-        let perm = crate::Key::from_secret([4; 32]).generator_permutation(VOCAB + 1);
+        let perm = crate::test_support::seeded_permutation(VOCAB + 1, 4);
         assert!(matches!(
             write_permuted(&base, &dir.path().join("x.gguf"), &perm),
             Err(EeError::VocabMismatch { .. })

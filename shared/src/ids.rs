@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::key::KeyId;
+use crate::error::{EeError, Result};
 
 macro_rules! encrypted_ids {
     ($(#[$doc:meta])* $name:ident, $vocab:literal) => {
@@ -72,3 +72,56 @@ encrypted_ids!(
     EncGeneratorIds,
     "generator"
 );
+
+/// Public identifier of a key: a hash that reveals nothing of the secret. It
+/// binds collections, ciphertext and host artifacts to the key that made them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct KeyId([u8; 16]);
+
+impl KeyId {
+    /// The id with these bytes (the client derives them from its key).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        KeyId(bytes)
+    }
+
+    /// Raw bytes of the id.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+impl From<KeyId> for String {
+    fn from(id: KeyId) -> String {
+        id.to_string()
+    }
+}
+
+impl TryFrom<String> for KeyId {
+    type Error = EeError;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for KeyId {
+    type Err = EeError;
+    fn from_str(s: &str) -> Result<Self> {
+        let mut out = [0u8; 16];
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|_| EeError::InvalidArgument("a key id is 32 hex digits".into()))?;
+        Ok(KeyId(out))
+    }
+}

@@ -1,28 +1,28 @@
-//! eerag's EE core: keys, token permutations, metadata AEAD, exact model
-//! transforms, model loading, tokenizers and ciphertext wire types.
+//! What both sides of eerag may link: ciphertext token ids and the key id,
+//! wire types, devices, model loading and inference (BERT, llama through
+//! candle or llama.cpp), GGUF and safetensors reading, permutation tables,
+//! sampling, and the host's view of its artifacts.
 //!
-//! The plaintext boundary is visible in the modules: [`key`], [`client`] and
-//! [`tokenize`] are client-side; host-side code takes only [`ids`] (ciphertext
-//! token ids), [`transform::HostArtifacts`] and the models in [`models`].
+//! Nothing here holds or derives key material, tokenizes text or decrypts
+//! metadata: those live in `eerag-client`. The host crate depends on this
+//! one, so a dependency added here lands on the untrusted host; the
+//! boundary test (`query/tests/boundary.rs`) refuses the ones that must
+//! not (docs/design.md, "The plaintext boundary").
 
-pub mod client;
+pub mod artifacts;
 pub mod convert;
 pub mod device;
 pub mod error;
+pub mod fs;
 pub mod gguf;
 pub mod hash;
 pub mod ids;
-pub mod key;
-pub mod metadata;
 pub mod models;
 pub mod permutation;
-pub mod rotation;
 pub mod sampling;
-pub mod side_by_side;
-pub mod tokenize;
-pub mod transform;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 pub mod wire;
 
 pub use error::{EeError, Result};
-pub use ids::{EncEncoderIds, EncGeneratorIds};
-pub use key::{Key, KeyId};
+pub use ids::{EncEncoderIds, EncGeneratorIds, KeyId};

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::key::KeyId;
+use crate::ids::KeyId;
 use crate::sampling::Sampling;
 
 /// `POST /v1/collections`.

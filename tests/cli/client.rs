@@ -1,4 +1,4 @@
-//! The client commands against a real `eerag serve`: `upload` of a mixed
+//! The client commands against a real `eerag-host serve`: `upload` of a mixed
 //! folder (twice), `search`, `ask`, and their errors.
 
 use std::path::Path;

@@ -183,7 +183,7 @@ fn the_model_bench_checks_batched_decoding_and_reports_its_device() {
     );
     assert!(report["generator_bytes"].as_u64().unwrap() > 50_000_000);
     // A device this binary cannot have is a clear error, not a CPU run.
-    if !eerag_shared::device::cuda_compiled() {
+    if !eerag_core::device::cuda_compiled() {
         let o = eerag(&["bench", "--device", "cuda:1", "--models", path(&models)]);
         assert!(!o.status.success());
         assert!(stderr(&o).contains("built without CUDA"), "{}", stderr(&o));

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use eerag_ingest::client::AskOptions;
-use eerag_shared::models::encoder::Encoder;
+use eerag_client::client::AskOptions;
+use eerag_core::models::encoder::Encoder;
 use serde_json::Value;
 
 use crate::serve::{setup, Server};

@@ -1,10 +1,12 @@
-//! The `eerag` binary's client commands, run as a user would: clear errors,
-//! exit codes, and never a panic on bad input.
+//! The binaries run as a user would: `eerag`'s client commands and
+//! `eerag-host`, the host's own binary (serve, migrate, re-embed): clear
+//! errors, exit codes, and never a panic on bad input.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod attack;
+mod boundary;
 mod client;
 mod eval;
 mod gateway;
@@ -16,6 +18,27 @@ fn eerag(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("running eerag")
+}
+
+/// The `eerag-host` binary. It belongs to another package (eerag-host), so
+/// cargo builds it beside `eerag` for `cargo test --workspace`, not for
+/// this package's tests alone.
+fn host_binary() -> PathBuf {
+    let eerag = Path::new(env!("CARGO_BIN_EXE_eerag"));
+    let host = eerag.with_file_name(format!("eerag-host{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        host.is_file(),
+        "{} is not built: run the tests with --workspace, or `cargo build -p eerag-host` (same profile) first",
+        host.display()
+    );
+    host
+}
+
+fn eerag_host(args: &[&str]) -> Output {
+    Command::new(host_binary())
+        .args(args)
+        .output()
+        .expect("running eerag-host")
 }
 
 fn stderr(o: &Output) -> String {

@@ -1,9 +1,9 @@
 //! `eerag reindex` as a user runs it, on stores a real host wrote.
 
-use eerag_shared::wire::SearchMode;
+use eerag_core::wire::SearchMode;
 
 use crate::serve::{setup, Server};
-use crate::{eerag, path, stderr};
+use crate::{eerag, eerag_host, path, stderr};
 
 #[test]
 fn migrate_copies_a_collection_that_then_serves_identically() {
@@ -30,8 +30,8 @@ fn migrate_copies_a_collection_that_then_serves_identically() {
         hits
     };
     let checkpoint = setup.dir.path().join("migrate.json");
-    let o = eerag(&[
-        "reindex",
+    // The host operator's binary runs the job.
+    let o = eerag_host(&[
         "migrate",
         "--from",
         path(&from),
@@ -61,7 +61,7 @@ fn migrate_copies_a_collection_that_then_serves_identically() {
     for q in queries {
         for m in modes {
             let after = client.search("handbook", q, 8, m).unwrap();
-            let key = |h: &Vec<eerag_ingest::client::Hit>| {
+            let key = |h: &Vec<eerag_client::client::Hit>| {
                 h.iter()
                     .map(|h| (h.text.clone(), h.score))
                     .collect::<Vec<_>>()
@@ -101,7 +101,7 @@ fn migrate_copies_a_collection_that_then_serves_identically() {
 
 /// Every hit's text, title and score, per query and mode.
 fn rankings(
-    client: &eerag_ingest::client::EncryptedClient,
+    client: &eerag_client::client::EncryptedClient,
     collection: &str,
 ) -> Vec<Vec<(String, String, f32)>> {
     let queries = [
@@ -177,8 +177,7 @@ fn re_embed_then_rekey_switch_versions_and_rank_exactly_as_before() {
 
     // Re-embed: the operator's job, no key.
     let checkpoint = setup.dir.path().join("re-embed.checkpoint");
-    let o = eerag(&[
-        "reindex",
+    let o = eerag_host(&[
         "re-embed",
         "--server",
         &server.url,
@@ -238,9 +237,9 @@ fn re_embed_then_rekey_switch_versions_and_rank_exactly_as_before() {
     );
     assert_eq!(r["documents"], 3);
     assert!(r["verified_documents"].as_u64().unwrap() > 0);
-    let rekeyed = eerag_ingest::client::EncryptedClient::connect(
-        eerag_ingest::remote::HostClient::new(&server.url, None).unwrap(),
-        &eerag_shared::Key::load(&new_key).unwrap(),
+    let rekeyed = eerag_client::client::EncryptedClient::connect(
+        eerag_remote::HostClient::new(&server.url, None).unwrap(),
+        &eerag_client::Key::load(&new_key).unwrap(),
         &setup.models,
     )
     .unwrap();

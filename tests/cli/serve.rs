@@ -1,4 +1,4 @@
-//! `eerag serve` as a real process: what it prints and stores holds no
+//! `eerag-host serve` as a real process: what it prints and stores holds no
 //! plaintext, and a kill -9 mid-ingest loses no acknowledged document.
 
 use std::collections::BTreeMap;
@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eerag_ingest::client::{AskOptions, EncryptedClient, TextDocument};
-use eerag_ingest::remote::HostClient;
-use eerag_shared::models::fetch::ModelsDir;
-use eerag_shared::wire::{DocumentExport, SearchMode, UpsertRequest};
-use eerag_shared::Key;
+use eerag_client::client::{AskOptions, EncryptedClient, TextDocument};
+use eerag_client::Key;
+use eerag_core::models::fetch::ModelsDir;
+use eerag_core::wire::{DocumentExport, SearchMode, UpsertRequest};
+use eerag_remote::HostClient;
 
-use crate::{eerag, models_dir, path, stderr};
+use crate::{eerag, eerag_host, models_dir, path, stderr};
 
 /// A key and its host artifacts, made with the CLI like a user would.
 pub(crate) struct Setup {
@@ -50,7 +50,7 @@ pub(crate) fn setup() -> Setup {
     }
 }
 
-/// A running `eerag serve`; its stdout and stderr go to files.
+/// A running `eerag-host serve`; its stdout and stderr go to files.
 pub(crate) struct Server {
     child: Child,
     pub(crate) url: String,
@@ -80,7 +80,8 @@ impl Server {
             args.extend(["--artifacts", path(a)]);
         }
         args.extend(["--data", path(data), "--listen", "127.0.0.1:0"]);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_eerag"))
+        // The host's own binary: it serves every API test.
+        let mut child = Command::new(crate::host_binary())
             .args(&args)
             .env("RUST_LOG", rust_log)
             .env("RUST_BACKTRACE", "1")
@@ -88,7 +89,7 @@ impl Server {
             .stdout(File::create(&stdout).unwrap())
             .stderr(File::create(&stderr).unwrap())
             .spawn()
-            .expect("starting eerag serve");
+            .expect("starting eerag-host serve");
         let started = Instant::now();
         let url = loop {
             let out = std::fs::read_to_string(&stdout).unwrap_or_default();
@@ -97,13 +98,13 @@ impl Server {
             }
             if let Some(status) = child.try_wait().unwrap() {
                 panic!(
-                    "eerag serve exited with {status}: {}",
+                    "eerag-host serve exited with {status}: {}",
                     std::fs::read_to_string(&stderr).unwrap_or_default()
                 );
             }
             assert!(
                 started.elapsed() < Duration::from_secs(300),
-                "eerag serve did not start"
+                "eerag-host serve did not start"
             );
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -135,7 +136,7 @@ impl Server {
         let status = self.child.wait().unwrap();
         assert!(
             status.success(),
-            "eerag serve exited with {status}: {}",
+            "eerag-host serve exited with {status}: {}",
             std::fs::read_to_string(&self.stderr).unwrap_or_default()
         );
     }
@@ -563,7 +564,7 @@ fn verify(client: &EncryptedClient, acknowledged: &BTreeMap<String, UpsertReques
         }
         let ids = client
             .cipher()
-            .decrypt_generator(&eerag_shared::EncGeneratorIds::new(
+            .decrypt_generator(&eerag_core::EncGeneratorIds::new(
                 client.cipher().key_id(),
                 sent.chunks[0].generator_ids.clone(),
             ))
@@ -606,7 +607,7 @@ fn verify(client: &EncryptedClient, acknowledged: &BTreeMap<String, UpsertReques
     }
 }
 
-/// `eerag serve` with `args` added to a valid command line: its output.
+/// `eerag-host serve` with `args` added to a valid command line: its output.
 fn serve_refusing(setup: &Setup, artifacts: &Path, args: &[&str]) -> std::process::Output {
     let data = setup.dir.path().join("refused-data");
     let mut all = vec![
@@ -619,8 +620,8 @@ fn serve_refusing(setup: &Setup, artifacts: &Path, args: &[&str]) -> std::proces
         "127.0.0.1:0",
     ];
     all.extend_from_slice(args);
-    let out = eerag(&all);
-    assert!(!out.status.success(), "eerag serve {args:?} started");
+    let out = eerag_host(&all);
+    assert!(!out.status.success(), "eerag-host serve {args:?} started");
     assert!(!data.exists(), "a refused start created its data directory");
     out
 }
@@ -632,13 +633,18 @@ fn the_host_refuses_a_key_or_a_tokenizer() {
     let tokenizer = setup.models.encoder_dir().join("tokenizer.json");
     assert!(key_file.is_file() && tokenizer.is_file());
     // No option takes either, and naming one is refused with the reason.
-    let help = eerag(&["serve", "--help"]);
-    let help_text = String::from_utf8_lossy(&help.stdout).to_string();
-    assert!(help_text.contains("--artifacts"));
-    assert!(
-        !help_text.contains("--key") && !help_text.contains("--tokenizer"),
-        "{help_text}"
-    );
+    // (`eerag serve` is the same command, in the full binary.)
+    for help in [
+        eerag_host(&["serve", "--help"]),
+        eerag(&["serve", "--help"]),
+    ] {
+        let help_text = String::from_utf8_lossy(&help.stdout).to_string();
+        assert!(help_text.contains("--artifacts"));
+        assert!(
+            !help_text.contains("--key") && !help_text.contains("--tokenizer"),
+            "{help_text}"
+        );
+    }
     for flags in [
         vec!["--key", path(&key_file)],
         vec!["--key"],

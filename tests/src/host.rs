@@ -5,11 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use eerag_ingest::client::TextDocument;
-use eerag_ingest::StoreSpec;
-use eerag_query::auth::Auth;
-use eerag_query::engine::EngineLimits;
-use eerag_query::server::{BackgroundServer, ServeConfig};
+use eerag_client::client::TextDocument;
+use eerag_host::auth::Auth;
+use eerag_host::engine::EngineLimits;
+use eerag_host::server::{BackgroundServer, ServeConfig};
+use eerag_store::StoreSpec;
 
 /// A running host and its data directory.
 pub struct Host {

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::Device;
-use eerag_shared::models::fetch::ModelsDir;
-use eerag_shared::models::{Generator, GeneratorBackend, GeneratorOptions};
-use eerag_shared::side_by_side::SideBySide;
-use eerag_shared::transform::HostArtifacts;
-use eerag_shared::Key;
+use eerag_client::side_by_side::SideBySide;
+use eerag_client::Key;
+use eerag_core::artifacts::HostArtifacts;
+use eerag_core::models::fetch::ModelsDir;
+use eerag_core::models::{Generator, GeneratorBackend, GeneratorOptions};
 
 /// The models folder: `$EERAG_MODELS`, else `<workspace>/models`. Panics with
 /// the fix when the models are missing: these tests must not pass vacuously.
@@ -40,7 +40,7 @@ pub fn identity_artifacts() -> &'static HostArtifacts {
             let models = models();
             let dir = tempfile::tempdir().expect("temp dir");
             let out = dir.path().join("artifacts");
-            eerag_shared::transform::transform(
+            eerag_client::transform::transform(
                 &Key::identity(),
                 &models.encoder_dir(),
                 &models.generator_gguf(),
@@ -90,7 +90,7 @@ pub fn fixture() -> &'static Fixture {
 /// `llama-cpp` feature. Equivalence tests run on each.
 pub fn generator_backends() -> Vec<GeneratorBackend> {
     let mut out = vec![GeneratorBackend::Candle];
-    if eerag_shared::models::generator::llama_cpp_compiled() {
+    if eerag_core::models::generator::llama_cpp_compiled() {
         out.push(GeneratorBackend::LlamaCpp);
     }
     out
@@ -128,10 +128,10 @@ pub fn generators_on(backend: GeneratorBackend) -> &'static (Generator, Generato
 /// the plaintext logits permuted by `perm`, bitwise; returns the plaintext
 /// tokens.
 pub fn greedy_walk_permuted(
-    plain: &eerag_shared::models::Generator,
-    host: &eerag_shared::models::Generator,
+    plain: &eerag_core::models::Generator,
+    host: &eerag_core::models::Generator,
     prompt: &[u32],
-    perm: &eerag_shared::permutation::Permutation,
+    perm: &eerag_core::permutation::Permutation,
     steps: usize,
     what: &str,
 ) -> Vec<u32> {
@@ -149,7 +149,7 @@ pub fn greedy_walk_permuted(
                 "{what}, step {step}: logit of token {t} differs"
             );
         }
-        let next = eerag_shared::sampling::argmax(&pl);
+        let next = eerag_core::sampling::argmax(&pl);
         tokens.push(next);
         pl = ps.feed(&[next]).unwrap();
         hl = hs.feed(&[perm.apply(next).unwrap()]).unwrap();

@@ -1,9 +1,11 @@
 //! Host artifacts: what `eerag transform` writes, and what it must not.
 
-use eerag_shared::client::{ClientCipher, ModelShape};
-use eerag_shared::gguf;
-use eerag_shared::transform::{self, HostArtifacts, MANIFEST_FORMAT};
-use eerag_shared::{EeError, Key};
+use eerag_client::cipher::{ClientCipher, ModelShape};
+use eerag_client::transform;
+use eerag_client::Key;
+use eerag_core::artifacts::{HostArtifacts, MANIFEST_FORMAT};
+use eerag_core::gguf;
+use eerag_core::EeError;
 use eerag_tests::fixture;
 
 #[test]
@@ -153,7 +155,7 @@ fn hex_of(bytes: &[u8]) -> String {
 fn artifacts_of_another_key_are_refused_not_garbage() {
     let f = fixture();
     let other = Key::from_secret([0x5a; 32]);
-    let loaded = eerag_shared::side_by_side::SideBySide::load(
+    let loaded = eerag_client::side_by_side::SideBySide::load(
         &other,
         &f.models,
         &f.artifacts,

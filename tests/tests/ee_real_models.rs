@@ -2,10 +2,10 @@
 //! Q4_1 GGUF): the transformed models on encrypted ids compute exactly what
 //! the public models compute on plaintext ids.
 
-use eerag_shared::models::encoder::{CONFIG_FILE, ROTATION_TENSOR, WEIGHTS_FILE};
-use eerag_shared::models::{Encoder, EncoderBackend, GenerationOptions, GeneratorBackend};
-use eerag_shared::sampling::{argmax, Sampling};
-use eerag_shared::tokenize::chatml_prompt;
+use eerag_client::tokenize::chatml_prompt;
+use eerag_core::models::encoder::{CONFIG_FILE, ROTATION_TENSOR, WEIGHTS_FILE};
+use eerag_core::models::{Encoder, EncoderBackend, GenerationOptions, GeneratorBackend};
+use eerag_core::sampling::{argmax, Sampling};
 use eerag_tests::{fixture, generator_backends, generators_on, greedy_walk_permuted, texts};
 
 fn embed_all(encoder: &Encoder, seqs: &[Vec<u32>]) -> Vec<Vec<f32>> {
@@ -186,7 +186,7 @@ fn generator_logits_are_plaintext_logits_permuted_bitwise_at_every_step() {
 /// still agree on what the model says.
 #[test]
 fn llama_cpp_and_candle_agree_on_greedy_tokens() {
-    if !eerag_shared::models::generator::llama_cpp_compiled() {
+    if !eerag_core::models::generator::llama_cpp_compiled() {
         return;
     }
     let (candle, _) = generators_on(GeneratorBackend::Candle);

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use eerag_query::engine::{Engine, EngineLimits, GenerationEvent, Placement};
-use eerag_query::metrics::Metrics;
-use eerag_shared::models::{GenerationOptions, StopReason};
-use eerag_shared::sampling::Sampling;
+use eerag_core::models::{GenerationOptions, StopReason};
+use eerag_core::sampling::Sampling;
+use eerag_host::engine::{Engine, EngineLimits, GenerationEvent, Placement};
+use eerag_host::metrics::Metrics;
 use eerag_tests::fixture;
 
 fn counter(metrics: &Metrics, name: &str) -> u64 {
@@ -140,7 +140,7 @@ fn concurrent_generations_decode_in_one_batch_with_their_tokens_alone() {
     ]
     .iter()
     .map(|q| {
-        let plain = eerag_shared::tokenize::chatml_prompt(tok, "Answer briefly.", q).unwrap();
+        let plain = eerag_client::tokenize::chatml_prompt(tok, "Answer briefly.", q).unwrap();
         c.encrypt_generator(&plain).unwrap().ids().to_vec()
     })
     .collect();

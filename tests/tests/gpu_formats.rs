@@ -5,12 +5,12 @@
 //! must equal plaintext runs on every device.
 
 use candle_core::{DType, Device};
-use eerag_shared::device::{self, DeviceChoice};
-use eerag_shared::models::Generator;
-use eerag_shared::sampling::argmax;
-use eerag_shared::side_by_side::SideBySide;
-use eerag_shared::tokenize::chatml_prompt;
-use eerag_shared::Key;
+use eerag_client::side_by_side::SideBySide;
+use eerag_client::tokenize::chatml_prompt;
+use eerag_client::Key;
+use eerag_core::device::{self, DeviceChoice};
+use eerag_core::models::Generator;
+use eerag_core::sampling::argmax;
 use eerag_tests::{fixture, greedy_walk_permuted};
 
 fn test_device() -> Device {
@@ -113,7 +113,7 @@ fn an_f16_safetensors_generator_transforms_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("smollm2-f16");
     let export =
-        eerag_shared::convert::export_generator(&f.models.generator_gguf(), &base, DType::F16)
+        eerag_core::convert::export_generator(&f.models.generator_gguf(), &base, DType::F16)
             .unwrap();
     // 135M parameters in two bytes each (the tied head is stored once).
     assert!(
@@ -127,12 +127,12 @@ fn an_f16_safetensors_generator_transforms_exactly() {
         &f.models,
         &base,
         &dir.path().join("artifacts"),
-        &eerag_shared::models::GeneratorOptions::on(&device),
+        &eerag_core::models::GeneratorOptions::on(&device),
     )
     .unwrap();
     assert_eq!(
         artifacts.manifest().generator.format,
-        eerag_shared::transform::GeneratorFormat::Safetensors
+        eerag_core::artifacts::GeneratorFormat::Safetensors
     );
     let prompts = prompts(&sides);
     let perm = sides.cipher.generator_permutation();
@@ -150,9 +150,9 @@ fn an_f16_safetensors_generator_transforms_exactly() {
     // differently).
     let gguf = Generator::load_with(
         &f.models.generator_gguf(),
-        &eerag_shared::models::GeneratorOptions {
-            backend: eerag_shared::models::GeneratorBackend::Candle,
-            ..eerag_shared::models::GeneratorOptions::on(&device)
+        &eerag_core::models::GeneratorOptions {
+            backend: eerag_core::models::GeneratorBackend::Candle,
+            ..eerag_core::models::GeneratorOptions::on(&device)
         },
     )
     .unwrap();

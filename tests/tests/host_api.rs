@@ -4,15 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use eerag_ingest::client::{AskOptions, EncryptedClient};
-use eerag_ingest::ranking::compare_rankings;
-use eerag_ingest::remote::{HostClient, RemoteError};
-use eerag_query::auth::{hash_token, ApiKeyEntry, Auth, AuthConfig, Role};
-use eerag_query::engine::EngineLimits;
-use eerag_query::openapi::ROUTES;
-use eerag_shared::sampling::Sampling;
-use eerag_shared::wire::{DocumentStatus, FinishReason, SearchMode};
-use eerag_shared::Key;
+use eerag_client::client::{AskOptions, EncryptedClient};
+use eerag_client::Key;
+use eerag_core::sampling::Sampling;
+use eerag_core::wire::{DocumentStatus, FinishReason, SearchMode};
+use eerag_host::auth::{hash_token, ApiKeyEntry, Auth, AuthConfig, Role};
+use eerag_host::engine::EngineLimits;
+use eerag_host::openapi::ROUTES;
+use eerag_remote::{HostClient, RemoteError};
+use eerag_store::ranking::compare_rankings;
 use eerag_tests::host::{sample_documents, Host, HostOptions};
 use eerag_tests::{fixture, identity_artifacts};
 use reqwest::blocking::Client;
@@ -206,7 +206,7 @@ fn encrypted_host_answers_exactly_as_the_plaintext_host() {
         assert_eq!(e.text, p.text);
         assert_eq!(streamed, e.text, "streamed text is the answer");
         assert!(!e.ids.is_empty());
-        let titles = |a: &eerag_ingest::client::Answer| {
+        let titles = |a: &eerag_client::client::Answer| {
             a.sources
                 .iter()
                 .map(|s| (s.metadata.title.clone(), s.metadata.chunk))
@@ -230,7 +230,7 @@ fn encrypted_host_answers_exactly_as_the_plaintext_host() {
         let whole = enc.host().answer("handbook", &request).unwrap();
         let ids = enc
             .cipher()
-            .decrypt_generator(&eerag_shared::EncGeneratorIds::new(
+            .decrypt_generator(&eerag_core::EncGeneratorIds::new(
                 f.key.id(),
                 whole.generator_ids.clone(),
             ))
@@ -727,7 +727,7 @@ fn tenants_see_only_their_own_collections() {
             .map_err(Into::into),
     ] {
         match result {
-            Err(eerag_ingest::client::ClientError::Remote(RemoteError::Status {
+            Err(eerag_client::client::ClientError::Remote(RemoteError::Status {
                 status: 403,
                 ..
             })) => {}
@@ -742,7 +742,7 @@ fn tenants_see_only_their_own_collections() {
         .unwrap_err();
     assert!(matches!(
         err,
-        eerag_ingest::client::ClientError::Remote(RemoteError::Status { status: 404, .. })
+        eerag_client::client::ClientError::Remote(RemoteError::Status { status: 404, .. })
     ));
     let alpha_docs = alpha
         .host()

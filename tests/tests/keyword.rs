@@ -1,8 +1,8 @@
 //! BM25 over encrypted encoder ids of real text ranks exactly as over the
 //! plaintext ids.
 
-use eerag_ingest::keyword::{assert_same_ranking, KeywordChunk, KeywordIndex};
-use eerag_shared::EncEncoderIds;
+use eerag_core::EncEncoderIds;
+use eerag_store::keyword::{assert_same_ranking, KeywordChunk, KeywordIndex};
 use eerag_tests::{fixture, texts};
 
 fn index(chunks: &[EncEncoderIds]) -> KeywordIndex {

@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eerag_ingest::client::{ClientError, EncryptedClient, TextDocument};
-use eerag_ingest::qdrant_store::INCOMPLETE;
-use eerag_ingest::remote::{HostClient, RemoteError};
-use eerag_ingest::store::{ChunkId, CollectionSpec, NewChunk, NewDocument};
-use eerag_ingest::{QdrantOptions, QdrantStore, Store, StoreError, StoreSpec};
-use eerag_shared::wire::SearchMode;
-use eerag_shared::{EncEncoderIds, EncGeneratorIds, Key};
+use eerag_client::client::{ClientError, EncryptedClient, TextDocument};
+use eerag_client::Key;
+use eerag_core::wire::SearchMode;
+use eerag_core::{EncEncoderIds, EncGeneratorIds};
+use eerag_remote::{HostClient, RemoteError};
+use eerag_store::qdrant_store::INCOMPLETE;
+use eerag_store::store::{ChunkId, CollectionSpec, NewChunk, NewDocument};
+use eerag_store::{QdrantOptions, QdrantStore, Store, StoreError, StoreSpec};
 use eerag_tests::fixture;
 use eerag_tests::host::{sample_documents, Host, HostOptions};
 
@@ -507,7 +508,7 @@ fn versions_switch_atomically_on_a_qdrant_server() {
     let c = store.collection("t.docs").unwrap();
     assert_eq!(c.meta().name, "t.docs.v2");
     assert_eq!(c.meta().encoder.as_deref(), Some("e2"));
-    std::thread::sleep(eerag_ingest::qdrant_store::ALIAS_TTL + Duration::from_millis(200));
+    std::thread::sleep(eerag_store::qdrant_store::ALIAS_TTL + Duration::from_millis(200));
     assert_eq!(other.collection("t.docs").unwrap().meta().name, "t.docs.v2");
     assert!(matches!(
         other.delete_collection("t.docs.v2"),
@@ -547,15 +548,15 @@ fn versions_switch_atomically_on_a_qdrant_server() {
     };
     let before = ranked(&c);
     let dir = tempfile::tempdir().unwrap();
-    let report = eerag_ingest::rebuild::reembed(
+    let report = eerag_remote::jobs::reembed(
         c.host(),
         "handbook",
         None,
-        &eerag_ingest::rebuild::RebuildOptions {
+        &eerag_remote::jobs::RebuildOptions {
             batch_documents: 2,
             checkpoint: dir.path().join("job"),
             keep_old: false,
-            grace: eerag_ingest::rebuild::SWITCH_GRACE,
+            grace: eerag_remote::jobs::SWITCH_GRACE,
         },
         &mut |_| {},
     )

@@ -7,12 +7,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use eerag_ingest::chunking::ChunkingOptions;
-use eerag_ingest::client::{AskOptions, EncryptedClient, TextDocument};
-use eerag_ingest::rebuild::{self, Progress, RebuildOptions};
-use eerag_ingest::remote::HostClient;
-use eerag_shared::wire::{DocumentStatus, SearchMode};
-use eerag_shared::Key;
+use eerag_client::chunking::ChunkingOptions;
+use eerag_client::client::{AskOptions, EncryptedClient, TextDocument};
+use eerag_client::rekey::rekey;
+use eerag_client::Key;
+use eerag_core::wire::{DocumentStatus, SearchMode};
+use eerag_remote::jobs::{self as rebuild, Progress, RebuildOptions};
+use eerag_remote::HostClient;
 use eerag_tests::fixture;
 use eerag_tests::host::{sample_documents, Host, HostOptions};
 
@@ -117,7 +118,7 @@ fn rekey_resumes_after_a_kill_and_ranks_and_answers_as_before() {
     let dir = tempfile::tempdir().unwrap();
     let new_key = Key::from_secret([42; 32]);
     let new_artifacts = dir.path().join("new-artifacts");
-    eerag_shared::transform::transform(
+    eerag_client::transform::transform(
         &new_key,
         &f.models.encoder_dir(),
         &f.models.generator_gguf(),
@@ -162,9 +163,7 @@ fn rekey_resumes_after_a_kill_and_ranks_and_answers_as_before() {
     let answer_before = old.ask("docs", question, &ask, |_| {}).unwrap();
 
     let options = options(dir.path());
-    assert!(killed_after(2, |p| rebuild::rekey(
-        &old, &new, "docs", &options, p
-    )));
+    assert!(killed_after(2, |p| rekey(&old, &new, "docs", &options, p)));
     assert!(options.checkpoint.exists());
     // Killed half-way: the old version still serves, untouched.
     let versions = old.host().list_versions("docs").unwrap();
@@ -178,7 +177,7 @@ fn rekey_resumes_after_a_kill_and_ranks_and_answers_as_before() {
         keep_old: true,
         ..options.clone()
     };
-    let report = rebuild::rekey(&old, &new, "docs", &keep, &mut |_| {}).unwrap();
+    let report = rekey(&old, &new, "docs", &keep, &mut |_| {}).unwrap();
     assert!(report.resumed);
     assert_eq!((report.previous_version, report.version), (1, 2));
     assert_eq!(report.documents, 6);
@@ -331,13 +330,13 @@ fn re_embed_catches_up_with_writes_made_while_it_ran() {
 
     // The version routes refuse what makes no sense, each with a reason.
     let h = c.host();
-    let status = |e: eerag_ingest::remote::RemoteError| e.status();
+    let status = |e: eerag_remote::RemoteError| e.status();
     assert_eq!(status(h.switch_version("docs", 9).unwrap_err()), Some(404));
     assert_eq!(
         status(h.delete_collection("docs.v2").unwrap_err()),
         Some(409)
     );
-    let unserved = eerag_shared::wire::CreateVersionRequest {
+    let unserved = eerag_core::wire::CreateVersionRequest {
         key_id: Some(Key::from_secret([5; 32]).id()),
         encoder: None,
     };
@@ -345,7 +344,7 @@ fn re_embed_catches_up_with_writes_made_while_it_ran() {
         status(h.create_version("docs", &unserved).unwrap_err()),
         Some(400)
     );
-    let step = eerag_shared::wire::ReembedRequest {
+    let step = eerag_core::wire::ReembedRequest {
         after: None,
         limit: 10,
         prune: false,
@@ -356,7 +355,7 @@ fn re_embed_catches_up_with_writes_made_while_it_ran() {
     assert_eq!(status(h.list_versions("docs.v0").unwrap_err()), Some(400));
     // Switching back and forth is atomic and reversible.
     let v3 = h
-        .create_version("docs", &eerag_shared::wire::CreateVersionRequest::default())
+        .create_version("docs", &eerag_core::wire::CreateVersionRequest::default())
         .unwrap();
     assert_eq!(v3.version, 3);
     assert_eq!(h.switch_version("docs", 3).unwrap().previous, 2);

@@ -605,7 +605,7 @@ impl HfConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gguf::tests::tiny_llama;
+    use crate::test_support::tiny_llama;
     use candle_transformers::models::quantized_llama::ModelWeights;
 
     fn bits(t: &Tensor) -> Vec<u32> {

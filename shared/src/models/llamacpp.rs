@@ -194,6 +194,7 @@ struct RawModel(NonNull<sys::llama_model>);
 // SAFETY: llama.cpp's model is read-only once loaded and is meant to be
 // shared by contexts on several threads.
 unsafe impl Send for RawModel {}
+// SAFETY: as for Send: every call eerag makes on a model only reads it.
 unsafe impl Sync for RawModel {}
 
 impl Drop for RawModel {
@@ -363,9 +364,8 @@ impl Drop for RawBatch {
 impl RawBatch {
     fn new() -> Self {
         // SAFETY: plain allocation; `embd` 0 means token ids.
-        Self {
-            batch: unsafe { sys::llama_batch_init(PROMPT_CHUNK as i32, 0, 1) },
-        }
+        let batch = unsafe { sys::llama_batch_init(PROMPT_CHUNK as i32, 0, 1) };
+        Self { batch }
     }
 
     /// Puts `ids` at positions `start..`, logits wanted for the last one.

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use eerag_shared::{EncEncoderIds, EncGeneratorIds, KeyId};
+use eerag_core::{EncEncoderIds, EncGeneratorIds, KeyId};
 use qdrant_client::qdrant::{
     point_id::PointIdOptions, points_update_operation, value::Kind, vector_output,
     vectors_output::VectorsOptions, Condition, CountPointsBuilder, CreateAliasBuilder,

@@ -1,12 +1,13 @@
 //! Client-side encryption: the one place that maps between plaintext and
 //! ciphertext token ids. Host code never constructs a [`ClientCipher`].
 
-use crate::error::{EeError, Result};
-use crate::ids::{EncEncoderIds, EncGeneratorIds};
-use crate::key::{Key, KeyId};
+use crate::key::Key;
 use crate::metadata::MetadataCipher;
-use crate::permutation::Permutation;
 use crate::rotation::Rotation;
+use eerag_core::error::{EeError, Result};
+use eerag_core::ids::{EncEncoderIds, EncGeneratorIds};
+use eerag_core::permutation::Permutation;
+use eerag_core::KeyId;
 
 /// Sizes of the models a key is applied to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -151,7 +151,7 @@ impl Checkpoint {
             message: e.to_string(),
         };
         let bytes = serde_json::to_vec_pretty(self).expect("a checkpoint serialises");
-        crate::rebuild::write_atomic(path, &bytes).map_err(bad)
+        eerag_core::fs::write_atomic(path, &bytes).map_err(bad)
     }
 }
 
@@ -466,7 +466,8 @@ fn verify(
 mod tests {
     use super::*;
     use crate::edge_store::EdgeStore;
-    use eerag_shared::{EncEncoderIds, EncGeneratorIds, Key};
+    use eerag_client::Key;
+    use eerag_core::{EncEncoderIds, EncGeneratorIds};
 
     const DIM: usize = 4;
 

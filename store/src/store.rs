@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use eerag_shared::{EncEncoderIds, EncGeneratorIds, KeyId};
+use eerag_core::{EncEncoderIds, EncGeneratorIds, KeyId};
 use sha2::{Digest, Sha256};
 
 use crate::keyword::KeywordError;

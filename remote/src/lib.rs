@@ -1,17 +1,22 @@
-//! A typed client of the host's REST API. It sends and receives ciphertext
-//! only; [`crate::client::EncryptedClient`] puts the key in front of it.
+//! A typed client of the host's REST API, and the jobs that run through it
+//! ([`jobs`]: versions, switching, re-embedding). It sends and receives
+//! ciphertext only, so both sides may link it: the host's operator runs
+//! re-embedding with it, and `eerag_client::client::EncryptedClient` puts
+//! the key in front of it.
+
+pub mod jobs;
 
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
-use eerag_shared::wire::{
+use eerag_core::wire::{
     AnswerRequest, AnswerResponse, AnswerSummary, CollectionInfo, CollectionList, CreateCollection,
     CreateVersionRequest, DeleteResponse, DocumentExport, DocumentList, EmbedRequest,
     EmbedResponse, ErrorBody, Health, ReembedRequest, ReembedResponse, SearchHit, SearchRequest,
     SearchResponse, SwitchRequest, SwitchResponse, TokenEvent, UpsertRequest, UpsertResponse,
     VersionInfo, VersionList,
 };
-use eerag_shared::KeyId;
+use eerag_core::KeyId;
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 
@@ -41,6 +46,32 @@ impl RemoteError {
         match self {
             RemoteError::Status { status, .. } => Some(*status),
             _ => None,
+        }
+    }
+
+    /// The error in words for the person running a command: what to do
+    /// about a missing API key, a busy host or a refused request. Every
+    /// command that calls a host explains its errors with this.
+    pub fn explanation(&self) -> String {
+        match self {
+            RemoteError::Transport(m) => format!("cannot reach the host: {m}"),
+            RemoteError::Status {
+                status: 401,
+                message,
+                ..
+            } => format!("the host wants an API key (--token or EERAG_TOKEN): {message}"),
+            RemoteError::Status {
+                status: 503,
+                message,
+                ..
+            } => format!("the host is busy ({message}); try again shortly"),
+            RemoteError::Status {
+                status,
+                code,
+                message,
+                ..
+            } => format!("the host refused the request ({status} {code}): {message}"),
+            RemoteError::Protocol(m) => format!("the host's reply was not understood: {m}"),
         }
     }
 }

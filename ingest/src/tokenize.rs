@@ -12,8 +12,8 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, Tokenizer, TruncationParams};
 
-use crate::error::{EeError, Result};
-use crate::gguf;
+use eerag_core::error::{EeError, Result};
+use eerag_core::gguf;
 
 /// sentence-transformers runs all-MiniLM-L6-v2 with a 256-token window; the
 /// shipped tokenizer.json says 128, so the window is always set explicitly.

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use eerag_shared::EncEncoderIds;
+use eerag_core::EncEncoderIds;
 use tantivy::collector::sort_key::{SortBySimilarityScore, SortByStaticFastValue};
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
@@ -381,8 +381,8 @@ pub fn assert_same_ranking(p: &[KeywordHit], e: &[KeywordHit]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use eerag_shared::client::{ClientCipher, ModelShape};
-    use eerag_shared::Key;
+    use eerag_client::cipher::{ClientCipher, ModelShape};
+    use eerag_client::Key;
 
     const VOCAB: usize = 2000;
 

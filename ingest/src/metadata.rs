@@ -4,8 +4,8 @@
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
-use crate::error::{EeError, Result};
-use crate::key::KeyId;
+use eerag_core::error::{EeError, Result};
+use eerag_core::KeyId;
 
 const NONCE_LEN: usize = 24;
 
@@ -75,7 +75,7 @@ impl MetadataCipher {
 #[cfg(test)]
 mod tests {
     use crate::key::Key;
-    use crate::EeError;
+    use eerag_core::EeError;
 
     #[test]
     fn seal_open_round_trip_and_rejects_wrong_key_or_context() {

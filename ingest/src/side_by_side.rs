@@ -6,13 +6,13 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use crate::client::{ClientCipher, ModelShape};
-use crate::error::{EeError, Result};
+use crate::cipher::{ClientCipher, ModelShape};
 use crate::key::Key;
-use crate::models::fetch::ModelsDir;
-use crate::models::{Encoder, Generator, GeneratorOptions};
 use crate::tokenize::{EncoderTokenizer, GeneratorTokenizer};
-use crate::transform::HostArtifacts;
+use eerag_core::artifacts::HostArtifacts;
+use eerag_core::error::{EeError, Result};
+use eerag_core::models::fetch::ModelsDir;
+use eerag_core::models::{Encoder, Generator, GeneratorOptions};
 
 /// Client tools (key, tokenizers, public models) beside host models.
 pub struct SideBySide {

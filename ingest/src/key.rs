@@ -17,10 +17,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::error::{EeError, Result};
+use eerag_core::error::{EeError, Result};
+use eerag_core::KeyId;
+
 use crate::metadata::MetadataCipher;
-use crate::permutation::Permutation;
 use crate::rotation::Rotation;
+use eerag_core::permutation::Permutation;
 
 const MAGIC: &[u8; 8] = b"EERAGKEY";
 /// Format version of key files written by this build.
@@ -28,54 +30,6 @@ pub const KEY_FILE_VERSION: u16 = 1;
 const HKDF_SALT: &[u8] = b"eerag/v1";
 const HEADER_LEN: usize = 8 + 2 + 4;
 const CHECKSUM_LEN: usize = 32;
-
-/// Public identifier of a key: a hash that reveals nothing of the secret. It
-/// binds collections, ciphertext and host artifacts to the key that made them.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(into = "String", try_from = "String")]
-pub struct KeyId([u8; 16]);
-
-impl KeyId {
-    /// Raw bytes of the id.
-    pub fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for KeyId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl std::fmt::Debug for KeyId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeyId({self})")
-    }
-}
-
-impl From<KeyId> for String {
-    fn from(id: KeyId) -> String {
-        id.to_string()
-    }
-}
-
-impl TryFrom<String> for KeyId {
-    type Error = EeError;
-    fn try_from(s: String) -> Result<Self> {
-        s.parse()
-    }
-}
-
-impl std::str::FromStr for KeyId {
-    type Err = EeError;
-    fn from_str(s: &str) -> Result<Self> {
-        let mut out = [0u8; 16];
-        hex::decode_to_slice(s, &mut out)
-            .map_err(|_| EeError::InvalidArgument("a key id is 32 hex digits".into()))?;
-        Ok(KeyId(out))
-    }
-}
 
 /// Sub-key labels. Changing one changes every derived key: they are part of
 /// the file format.
@@ -187,7 +141,7 @@ impl Key {
         };
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest[..16]);
-        KeyId(id)
+        KeyId::from_bytes(id)
     }
 
     /// `π_enc` for an encoder vocabulary of `vocab_size` ids.
@@ -222,7 +176,7 @@ impl Key {
         MetadataCipher::new(self.derive(label::METADATA_AEAD), self.id())
     }
 
-    /// The key of [`crate::client::ClientCipher::document_id`]: document ids
+    /// The key of [`crate::cipher::ClientCipher::document_id`]: document ids
     /// are keyed hashes, so the host cannot confirm a guess of a document's
     /// content by hashing it.
     pub fn document_id_key(&self) -> [u8; 32] {

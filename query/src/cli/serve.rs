@@ -1,15 +1,15 @@
-//! `eerag serve`: the host process.
+//! `serve` (`eerag-host serve`, `eerag serve`): the host process.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::Auth;
+use crate::config::ServerFile;
+use crate::engine::EngineLimits;
+use crate::server::{self, ServeConfig};
+use crate::service::ServiceLimits;
 use anyhow::{Context, Result};
-use eerag_query::auth::Auth;
-use eerag_query::config::ServerFile;
-use eerag_query::engine::EngineLimits;
-use eerag_query::server::{self, ServeConfig};
-use eerag_query::service::ServiceLimits;
 
 /// Options of `eerag serve`. There is deliberately no key or tokenizer
 /// option: the host never holds either.
@@ -22,7 +22,7 @@ pub struct ServeArgs {
     #[arg(long, required = true)]
     artifacts: Vec<PathBuf>,
     #[command(flatten)]
-    store: crate::store_args::StoreArgs,
+    store: super::store_args::StoreArgs,
     /// Address to listen on. Without API keys only loopback is allowed.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -51,7 +51,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8)]
     generate_batch: usize,
     #[command(flatten)]
-    device: crate::DeviceArgs,
+    device: super::DeviceArgs,
     /// Compute dtype of a safetensors generator: f32, f16 or bf16
     /// [default: the weights' own; a GGUF keeps its quantization].
     #[arg(long)]
@@ -103,7 +103,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             generate_batch: args.generate_batch.max(1),
         },
         device: args.device.device,
-        generator_dtype: crate::parse_dtype(args.generator_dtype.as_deref())?,
+        generator_dtype: super::parse_dtype(args.generator_dtype.as_deref())?,
         generator_backend: args.device.generator_backend,
         limits: ServiceLimits::default(),
         optimize_every: Duration::from_secs(60),

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
+use crate::config::StoreSection;
 use anyhow::Result;
-use eerag_ingest::StoreSpec;
-use eerag_query::config::StoreSection;
+use eerag_store::StoreSpec;
 
 /// Where collections live.
 #[derive(clap::Args, Clone, Debug, Default)]

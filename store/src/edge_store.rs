@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use eerag_shared::{EncEncoderIds, EncGeneratorIds};
+use eerag_core::{EncEncoderIds, EncGeneratorIds};
 use qdrant_edge::{
     Condition, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, FieldCondition,
     Filter, JsonPath, Match, Payload, PayloadFieldSchema, PayloadSchemaType, PointId,
@@ -973,8 +973,8 @@ mod tests {
 
     const DIM: usize = 4;
 
-    fn key() -> eerag_shared::KeyId {
-        eerag_shared::Key::from_secret([3; 32]).id()
+    fn key() -> eerag_core::KeyId {
+        eerag_client::Key::from_secret([3; 32]).id()
     }
 
     fn doc(doc_id: &str, hash: &str, chunks: &[(&[u32], [f32; DIM])]) -> NewDocument {

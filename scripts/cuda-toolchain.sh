@@ -13,7 +13,7 @@
 # libraries (LD_LIBRARY_PATH below).
 #
 # The wheels are pinned by version and checked against SHA-256 sums, like the
-# models (DESIGN.md §5).
+# models (docs/design.md §5).
 set -euo pipefail
 DIR="${1:-.cuda}"
 mkdir -p "$DIR"

@@ -3,7 +3,6 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use eerag_client::chunking::ChunkingOptions;
@@ -12,7 +11,7 @@ use eerag_client::upload::{self, FileStatus, Progress, UploadOptions, UploadSumm
 use eerag_client::Key;
 use eerag_core::sampling::Sampling;
 use eerag_core::wire::SearchMode;
-use eerag_remote::{HostClient, RemoteError};
+use eerag_remote::{HostClient, RemoteError, RetryPolicy};
 use serde_json::json;
 
 use crate::ModelsArg;
@@ -61,8 +60,8 @@ pub(crate) fn explain_client(e: ClientError, server: &str) -> anyhow::Error {
     }
 }
 
-/// Runs `f`, waiting and trying again (up to 5 times) while the host
-/// answers 503 busy.
+/// Runs `f`, waiting and trying again while the host is busy
+/// ([`RetryPolicy::INTERACTIVE`]).
 fn retry_busy<T>(
     server: &str,
     mut f: impl FnMut() -> Result<T, ClientError>,
@@ -70,16 +69,17 @@ fn retry_busy<T>(
     let mut attempt = 1;
     loop {
         match f() {
-            Err(ClientError::Remote(RemoteError::Status {
-                status: 503,
-                retry_after,
-                ..
-            })) if attempt < 5 => {
-                let wait = retry_after.unwrap_or(2).clamp(1, 30);
-                eprintln!("the host is busy; trying again in {wait} s");
-                std::thread::sleep(Duration::from_secs(wait));
-                attempt += 1;
-            }
+            Err(ClientError::Remote(e)) => match RetryPolicy::INTERACTIVE.wait(attempt, &e) {
+                Some(wait) => {
+                    eprintln!(
+                        "the host is busy; trying again in {} s",
+                        wait.as_secs_f64().ceil()
+                    );
+                    std::thread::sleep(wait);
+                    attempt += 1;
+                }
+                None => return Err(explain_client(ClientError::Remote(e), server)),
+            },
             other => return other.map_err(|e| explain_client(e, server)),
         }
     }

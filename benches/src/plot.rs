@@ -1,4 +1,4 @@
-//! The README's latency-vs-corpus-size plot, drawn from a scale run.
+//! The latency-vs-corpus-size plot of docs/performance.md, drawn from a scale run.
 //!
 //! SVG, so it needs no fonts on the machine that draws it (the viewer renders
 //! the text) and diffs as text.

@@ -1,4 +1,4 @@
-//! The client's secret key (DESIGN.md §2). Client-side only: host code never
+//! The client's secret key (docs/design.md §2). Client-side only: host code never
 //! takes a [`Key`], only the [`KeyId`] it publishes.
 //!
 //! The file holds one 256-bit master secret. Every sub-key (vocabulary

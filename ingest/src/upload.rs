@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::chunking::ChunkingOptions;
 use crate::client::{ClientError, EncryptedClient, TextDocument};
 use crate::extract::{ExtractError, FileKind};
-use eerag_remote::RemoteError;
+use eerag_remote::{RemoteError, RetryPolicy};
 
 /// How to upload.
 #[derive(Clone, Debug)]
@@ -442,29 +442,28 @@ fn with_retries<T, E>(
     progress: &mut impl FnMut(Progress<'_>),
     mut f: impl FnMut() -> Result<T, Retry<E>>,
 ) -> Result<Result<T, E>, RemoteError> {
-    let mut wait = options.backoff;
+    let policy = RetryPolicy {
+        attempts: options.attempts,
+        backoff: options.backoff,
+        // Safe: a document replaces itself.
+        retry_unreachable: true,
+    };
     let mut attempt = 1;
     loop {
         match f() {
             Ok(v) => return Ok(Ok(v)),
             Err(Retry::Final(e)) => return Ok(Err(e)),
-            Err(Retry::Remote(e)) if attempt < options.attempts.max(1) && retryable(&e) => {
-                let asked = match &e {
-                    RemoteError::Status {
-                        retry_after: Some(s),
-                        ..
-                    } => Duration::from_secs(*s),
-                    _ => Duration::ZERO,
+            Err(Retry::Remote(e)) => {
+                let Some(wait) = policy.wait(attempt, &e) else {
+                    return Err(e);
                 };
                 progress(Progress::Retrying {
                     attempt,
                     error: &e.to_string(),
                 });
-                std::thread::sleep(wait.max(asked));
-                wait = (wait * 2).min(Duration::from_secs(30));
+                std::thread::sleep(wait);
                 attempt += 1;
             }
-            Err(Retry::Remote(e)) => return Err(e),
         }
     }
 }
@@ -562,11 +561,11 @@ fn send(
                         progress,
                         path,
                         FileStatus::NotUploaded {
-                            reason: explain(&e),
+                            reason: e.explanation(),
                         },
                     ),
                     Err(e) | Ok(Err(e)) => {
-                        let reason = explain(&e);
+                        let reason = e.explanation();
                         settle(
                             summary,
                             progress,
@@ -581,7 +580,7 @@ fn send(
             }
         }
         Err(e) | Ok(Err(e)) => {
-            let reason = explain(&e);
+            let reason = e.explanation();
             for (path, _) in files {
                 settle(
                     summary,
@@ -596,34 +595,5 @@ fn send(
                 summary.stopped = Some(reason);
             }
         }
-    }
-}
-
-/// Busy hosts and broken connections are worth another try; refusals are
-/// not. Retrying an upsert is safe: a document replaces itself.
-fn retryable(e: &RemoteError) -> bool {
-    match e {
-        RemoteError::Transport(_) => true,
-        RemoteError::Status { status, .. } => *status == 503 || *status == 502 || *status == 504,
-        RemoteError::Protocol(_) => false,
-    }
-}
-
-/// One line on why the host did not take a batch.
-pub fn explain(e: &RemoteError) -> String {
-    match e {
-        RemoteError::Transport(m) => format!("the host is unreachable ({m})"),
-        RemoteError::Status {
-            status: 503,
-            message,
-            ..
-        } => format!("the host stayed busy after retries ({message})"),
-        RemoteError::Status {
-            status,
-            code,
-            message,
-            ..
-        } => format!("the host refused the batch: {status} {code}: {message}"),
-        RemoteError::Protocol(m) => format!("the host's reply was not understood ({m})"),
     }
 }

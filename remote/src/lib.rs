@@ -5,6 +5,9 @@
 //! the key in front of it.
 
 pub mod jobs;
+pub mod retry;
+
+pub use retry::RetryPolicy;
 
 use std::io::{BufRead, BufReader};
 use std::time::Duration;

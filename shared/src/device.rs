@@ -106,7 +106,7 @@ pub fn select(choice: DeviceChoice) -> Result<ChosenDevice> {
             if !cuda_compiled() {
                 return Err(EeError::InvalidArgument(format!(
                     "--device {choice}: this binary was built without CUDA \
-                     (rebuild with `--features cuda`, see the README's GPU section)"
+                     (rebuild with `--features cuda`, see docs/gpu.md)"
                 )));
             }
             let device = Device::new_cuda(n).map_err(|e| {

@@ -201,15 +201,14 @@ pub fn metadata(path: &Path) -> Result<HashMap<String, gguf_file::Value>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::generator::{
-        GenerationOptions, Generator, GeneratorBackend, GeneratorOptions,
-    };
+    use crate::models::generator::{GenerationOptions, GeneratorBackend};
+    #[cfg(feature = "llama-cpp")]
+    use crate::models::generator::{Generator, GeneratorOptions};
     use crate::sampling::Sampling;
+    #[cfg(feature = "llama-cpp")]
+    use crate::test_support::assert_logits_close;
+    use crate::test_support::{greedy_walk_permuted, load_on, tiny_llama, VOCAB};
     use candle_core::quantized::gguf_file::Value;
-
-    use crate::test_support::{
-        assert_logits_close, greedy_walk_permuted, load_on, tiny_llama, VOCAB,
-    };
 
     fn check_permuted_model(own_output_head: bool) {
         let dir = tempfile::tempdir().unwrap();

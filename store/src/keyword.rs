@@ -368,7 +368,8 @@ impl KeywordIndex {
 
 /// Checks two keyword rankings of the same query in two id spaces agree (see
 /// [`crate::ranking::compare_rankings`]). Panics with the first difference;
-/// for tests.
+/// for tests (feature `test-support`).
+#[cfg(any(test, feature = "test-support"))]
 pub fn assert_same_ranking(p: &[KeywordHit], e: &[KeywordHit]) {
     let as_pairs = |hits: &[KeywordHit]| -> Vec<(String, f32)> {
         hits.iter().map(|h| (h.chunk_id.clone(), h.score)).collect()

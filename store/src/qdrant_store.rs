@@ -13,7 +13,7 @@
 //! Keyword scores follow tantivy's BM25 (k1 1.2, b 0.75, its one-byte length
 //! quantisation and IDF) so the two backends rank alike; they differ in the
 //! average chunk length (fixed here from the first batch written, live in
-//! tantivy) and in how deleted chunks count (see the README's figures).
+//! tantivy) and in how deleted chunks count (see docs/jobs.md).
 //!
 //! Durability and atomicity: a batch of documents is one `UpdateBatch`
 //! request (upsert each document's chunks, then delete its chunks past the

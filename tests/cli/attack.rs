@@ -1,6 +1,6 @@
 //! `eerag attack` on the real pipeline's output, small enough for CI: each
 //! attack runs end to end and its figures are the ones the threat model
-//! predicts (the README's figures come from the same commands, larger).
+//! predicts (the figures in docs/security.md come from the same commands, larger).
 
 use serde_json::Value;
 

@@ -104,7 +104,7 @@ fn any_beir_set_works_squad_paragraphs_and_answers_match() {
 
 #[test]
 fn the_scale_bench_runs_small_and_draws_its_plot() {
-    // The README's scale figures come from this command at 1k–100k chunks;
+    // The scale figures in docs/performance.md come from this command at 1k–100k chunks;
     // here it runs at two small sizes, which still writes both stores,
     // searches every mode over HTTP and compares every pair of rankings
     // (keyed document ids on each side, so key-dependent tie order fails).
@@ -144,7 +144,7 @@ fn the_scale_bench_runs_small_and_draws_its_plot() {
 
 #[test]
 fn the_model_bench_checks_batched_decoding_and_reports_its_device() {
-    // The README's batch figures come from this command; here it runs one
+    // The batch figures in docs/performance.md come from this command; here it runs one
     // small round: it fails unless encrypted and plaintext tokens agree, at
     // batch 1 and batched, and batched rows equal batch-1 rows on the CPU.
     let models = models_dir();

@@ -190,7 +190,7 @@ fn rekey_resumes_after_a_kill_and_ranks_and_answers_as_before() {
     // What a host that keeps both versions learns: documents in write order
     // pair up, chunks by index and ids by position, so the old and new
     // ciphertexts of the same text give away the mapping between the keys
-    // on every id the collection uses (README, Security).
+    // on every id the collection uses (docs/security.md).
     let (learned, right) = align_versions(old.host(), "docs.v1", "docs.v2", |o| {
         let plain = old.cipher().encoder_permutation().invert(o).unwrap();
         new.cipher().encoder_permutation().apply(plain).unwrap()

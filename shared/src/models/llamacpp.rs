@@ -3,7 +3,7 @@
 //!
 //! Why a second backend: on the CPU, llama.cpp's quantized kernels process a
 //! prompt about 10× and decode about 4× faster than candle's on the same file
-//! (see the README's performance section). It runs the transformed GGUF
+//! (see docs/performance.md). It runs the transformed GGUF
 //! unchanged: the host file's vocabulary is opaque (`tokenizer.ggml.model`
 //! "none" and a size, see [`crate::gguf::write_permuted`]) and eerag feeds ids,
 //! never text. Permuting whole embedding and output rows keeps every kernel's
@@ -15,7 +15,7 @@
 //! turns on that pool. Candle stays the backend for GPUs
 //! and safetensors folders. llama.cpp is built without OpenMP by default:
 //! OpenMP's spinning workers halved decode inside the host on 2 cores
-//! (feature `llama-cpp-openmp` turns it on; README, CPU speed).
+//! (feature `llama-cpp-openmp` turns it on; docs/performance.md, CPU speed).
 //!
 //! Models, contexts and batches go through llama.cpp's C API
 //! (`llama-cpp-sys-2`) rather than `llama-cpp-2`'s safe wrappers, because

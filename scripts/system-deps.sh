@@ -4,8 +4,9 @@
 #   cmake, a C/C++ compiler  llama.cpp, built from source by the llama-cpp-2 crate
 #   libclang-dev             bindgen, for llama.cpp's Rust bindings
 #   libopenblas-dev          the CPU encoder's dense layers
+#   binutils                 nm, for the test that reads the host binary's symbols
 set -euo pipefail
-packages=(cmake g++ libclang-dev libopenblas-dev)
+packages=(cmake g++ libclang-dev libopenblas-dev binutils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,7 +2,7 @@
 //! its build script "copies" llama.cpp's shared libraries into
 //! `target/<profile>/` and `deps/` by hard-linking the unversioned names,
 //! which are symlinks, so the copies dangle (eerag's binary finds the real
-//! files through its rpath, see the root build.rs). The next build of
+//! files through its rpath, see query/build.rs). The next build of
 //! llama-cpp-sys-2 with other features in the same target directory (say
 //! `cargo test -p eerag-core` after a workspace build) then stops on them
 //! with "File exists". This script runs right after every such build and

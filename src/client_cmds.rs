@@ -44,7 +44,6 @@ impl ConnectArgs {
     }
 }
 
-/// One line on a host error.
 /// A host error for the person at the terminal ([`RemoteError::explanation`]).
 pub(crate) fn explain(e: RemoteError) -> anyhow::Error {
     anyhow::anyhow!(e.explanation())

@@ -70,7 +70,7 @@ fn rekey(args: &RekeyArgs) -> Result<()> {
         HostClient::new(&args.connect.server, args.connect.token.clone()).map_err(explain)?;
     let new = eerag_client::client::EncryptedClient::connect(host, &new_key, &models).map_err(|e| {
         anyhow::anyhow!(
-            "{}; the host must serve models for the new key as well (eerag serve --artifacts OLD --artifacts NEW)",
+            "{}; the host must serve models for the new key as well (eerag-host serve --artifacts OLD --artifacts NEW)",
             explain_client(e, &args.connect.server)
         )
     })?;

@@ -52,8 +52,9 @@ impl ClientCipher {
 
     /// The id under which a document with this content is stored: a keyed
     /// hash (HMAC-SHA256, 128 bits as hex), so re-uploading the same content
-    /// replaces rather than duplicates, and the host learns nothing it could
-    /// check a guessed document against.
+    /// replaces rather than duplicates, and nobody without the key can
+    /// compute a guessed document's id (its lengths and repeated ids stay
+    /// visible: docs/design.md §6).
     pub fn document_id(&self, content: &[u8]) -> String {
         use hmac::{Hmac, Mac};
         let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.document_id_key)

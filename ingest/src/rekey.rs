@@ -333,7 +333,7 @@ fn rekey_pass(
 }
 
 /// Moves `collection` from `old`'s key to `new`'s: a new version bound to
-/// the new key (the host must serve models for it as well, e.g. `eerag
+/// the new key (the host must serve models for it as well, e.g. `eerag-host
 /// serve --artifacts OLD --artifacts NEW`), filled with every document
 /// re-encrypted in its original write order, checked, and switched to.
 pub fn rekey(

@@ -122,9 +122,18 @@ fn crossings(packages: &BTreeSet<String>) -> Vec<String> {
 
 #[test]
 fn the_host_binary_links_no_key_tokenizer_aead_or_client_code() {
-    // The default build and the candle-only one. (`--all-features` would
-    // add CUDA's crates, which cargo must download to resolve offline.)
-    for features in [&[][..], &["--no-default-features"][..]] {
+    // Every feature set of the host but CUDA's (whose crates cargo would
+    // have to download; they are NVIDIA's kernels and bindings).
+    for features in [
+        &[][..],
+        &["--no-default-features"][..],
+        &["--no-default-features", "--features", "llama-cpp"][..],
+        &["--no-default-features", "--features", "openblas"][..],
+        &[
+            "--features",
+            "llama-cpp,llama-cpp-dynamic-backends,openblas",
+        ][..],
+    ] {
         let graph = graph("eerag-host", features);
         let host = reachable(&graph, "eerag-host");
         // The graph is real: the host's own stack is in it.

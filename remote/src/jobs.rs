@@ -36,12 +36,17 @@ pub const MAX_CATCH_UP_PASSES: u32 = 5;
 /// Errors of a rebuild job.
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
+    /// The host refused or could not be reached.
     #[error(transparent)]
     Remote(#[from] RemoteError),
+    /// Decrypting or encrypting a document (rekey).
     #[error(transparent)]
     Crypto(#[from] eerag_core::EeError),
+    /// The checkpoint file is unreadable or belongs to another job.
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
+    /// The collection is not as the job expects (a version missing, counts
+    /// that differ after the copy).
     #[error("{0}")]
     Mismatch(String),
 }
@@ -65,22 +70,27 @@ pub struct RebuildOptions {
 /// What a job did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RebuildReport {
+    /// The collection, as clients name it.
     pub collection: String,
-    /// The version switched from, and to.
+    /// The version switched from.
     pub previous_version: u32,
+    /// The version switched to.
     pub version: u32,
     /// Whether this run resumed from a checkpoint.
     pub resumed: bool,
-    /// Documents and chunks written into the new version by this run.
+    /// Documents written into the new version by this run.
     pub documents_written: u64,
+    /// Chunks written into the new version by this run.
     pub chunks_written: u64,
-    /// Documents the catch-up passes found changed, new or deleted while
-    /// the job ran.
+    /// Documents the catch-up passes found changed or new while the job
+    /// ran.
     pub documents_caught_up: u64,
+    /// Documents the prune pass removed (deleted while the job ran).
     pub documents_removed: u64,
-    /// Documents and chunks the new version holds at the switch (equal to
-    /// the old version's, or the job fails before switching).
+    /// Documents the new version holds at the switch (equal to the old
+    /// version's, or the job fails before switching).
     pub documents: u64,
+    /// Chunks the new version holds at the switch.
     pub chunks: u64,
     /// Rekey: documents whose id could not be derived again from their text
     /// (kept under a stand-in id; a later upload of the same file adds it
@@ -111,10 +121,14 @@ impl RebuildReport {
 pub struct Progress<'a> {
     /// What the job is doing ("re-embedding", "catching up", …).
     pub phase: &'a str,
-    /// Documents done in this phase, of the total.
+    /// Documents done in this phase.
     pub done: u64,
+    /// Documents this phase has to do.
     pub total: u64,
 }
+
+// The building blocks below are public for the other jobs run through the
+// API (the client's rekey, `eerag_client::rekey`).
 
 /// Refuses a checkpoint written by another job.
 pub fn same_job(path: &Path, found: &str, expected: &str) -> Result<()> {

@@ -1,7 +1,7 @@
 //! One retry policy for every call a command makes to a host: a busy host
 //! (502, 503, 504) and, where the call may be repeated safely, an
-//! unreachable one are tried again after doubling waits (at least what the
-//! host's Retry-After asks, at most 30 s); refusals are final.
+//! unreachable one are tried again after doubling waits, at least what the
+//! host's Retry-After asks, and never more than 30 s; refusals are final.
 
 use std::time::Duration;
 
@@ -49,7 +49,7 @@ impl RetryPolicy {
         }
         let doubled = self
             .backoff
-            .saturating_mul(1u32 << (attempt - 1).min(16))
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
             .min(MAX_WAIT);
         let asked = match e {
             RemoteError::Status {

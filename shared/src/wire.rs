@@ -276,8 +276,8 @@ fn default_k() -> usize {
 }
 
 /// `POST /v1/embed`: vectors for encrypted encoder ids, without storing
-/// anything. They are in the key's rotated space: only the key holder can
-/// turn them into the public model's embeddings.
+/// anything. They are in the key's rotated space (the rotation ships in
+/// the encoder artifact, so the compute host can undo it: docs/design.md §6).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbedRequest {

@@ -2,7 +2,8 @@
 //!
 //! BM25 sees only term frequencies, document frequencies and lengths, all of
 //! which a bijection of the vocabulary preserves, so ranking ciphertext ids
-//! ranks exactly as ranking the plaintext ids would. Each chunk is indexed as
+//! ranks as ranking the plaintext ids would, up to float rounding in the
+//! order of near-tied scores (the tests compare with a tolerance). Each chunk is indexed as
 //! its ids written as whitespace-separated decimal terms, with no lowercasing
 //! or stemming (they are not words). The index is derived data: the vector
 //! store is the source of truth and can rebuild it.

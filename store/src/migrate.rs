@@ -1,5 +1,5 @@
-//! Batch jobs over whole collections, run by the host's operator against the
-//! stores themselves (no key: they move ciphertext only).
+//! Migration, a batch job over whole collections run by the host's operator
+//! against the stores themselves (no key: it moves ciphertext only).
 //!
 //! `migrate` copies collections between stores (the embedded store and a
 //! Qdrant server, either way): every chunk as stored — ids, ciphertext,

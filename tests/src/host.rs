@@ -1,4 +1,4 @@
-//! In-process hosts for API tests: a real `eerag serve` stack (artifacts,
+//! In-process hosts for API tests: the `eerag-host serve` stack (artifacts,
 //! embedded store or a Qdrant server, models, axum on a loopback port) on its own runtime, so
 //! the tests can talk to it with the blocking HTTP client like any client.
 

@@ -1,5 +1,5 @@
-//! BM25 over encrypted encoder ids of real text ranks exactly as over the
-//! plaintext ids.
+//! BM25 over encrypted encoder ids of real text ranks as over the plaintext
+//! ids, up to near-ties.
 
 use eerag_core::EncEncoderIds;
 use eerag_store::keyword::{assert_same_ranking, KeywordChunk, KeywordIndex};

@@ -12,7 +12,7 @@ use eerag_client::client::{AskOptions, EncryptedClient, TextDocument};
 use eerag_client::rekey::rekey;
 use eerag_client::Key;
 use eerag_core::wire::{DocumentStatus, SearchMode};
-use eerag_remote::jobs::{self as rebuild, Progress, RebuildOptions};
+use eerag_remote::jobs::{self, Progress, RebuildOptions};
 use eerag_remote::HostClient;
 use eerag_tests::fixture;
 use eerag_tests::host::{sample_documents, Host, HostOptions};
@@ -265,7 +265,7 @@ fn re_embed_catches_up_with_writes_made_while_it_ran() {
     let first = c.host().list_documents("docs", None, 10).unwrap().documents[0].clone();
 
     let options = options(dir.path());
-    assert!(killed_after(1, |p| rebuild::reembed(
+    assert!(killed_after(1, |p| jobs::reembed(
         c.host(),
         "docs",
         None,
@@ -287,7 +287,7 @@ fn re_embed_catches_up_with_writes_made_while_it_ran() {
     c.host().delete_document("docs", &first.doc_id).unwrap();
     let expected = rankings(&c, "docs");
 
-    let report = rebuild::reembed(c.host(), "docs", None, &options, &mut |_| {}).unwrap();
+    let report = jobs::reembed(c.host(), "docs", None, &options, &mut |_| {}).unwrap();
     assert!(report.resumed);
     assert_eq!((report.previous_version, report.version), (1, 2));
     assert_eq!(report.documents, 3);

@@ -50,6 +50,7 @@ impl RebuildArgs {
     }
 }
 
+/// `re-embed`: the host, the new encoder, and the job flags.
 #[derive(clap::Args, Debug)]
 pub struct ReembedArgs {
     /// The host's base URL.
@@ -71,6 +72,7 @@ pub struct ReembedArgs {
     job: RebuildArgs,
 }
 
+/// `migrate`: the two stores, the collections, and the job flags.
 #[derive(clap::Args, Debug)]
 pub struct MigrateArgs {
     /// Source: an embedded store's data directory, or a Qdrant URL
@@ -157,7 +159,9 @@ pub fn rebuild_error(e: RebuildError, options: &RebuildOptions) -> anyhow::Error
     );
     match e {
         RebuildError::Remote(r) => anyhow::anyhow!("{} {resume}", r.explanation()),
-        other => anyhow::anyhow!("{other}"),
+        // It names its file already.
+        e @ RebuildError::Checkpoint { .. } => anyhow::anyhow!("{e}"),
+        other => anyhow::anyhow!("{other} {resume}"),
     }
 }
 

@@ -11,7 +11,7 @@ use crate::server::{self, ServeConfig};
 use crate::service::ServiceLimits;
 use anyhow::{Context, Result};
 
-/// Options of `eerag serve`. There is deliberately no key or tokenizer
+/// Options of `eerag-host serve` (and `eerag serve`). There is deliberately no key or tokenizer
 /// option: the host never holds either.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -67,8 +67,9 @@ pub struct ServeArgs {
     tokenizer: Option<Option<PathBuf>>,
 }
 
-/// Why `eerag serve` refuses a key or a tokenizer.
-pub const REFUSE_SECRETS: &str = "eerag serve takes no key and no tokenizer: the host must never \
+/// Why `serve` refuses a key or a tokenizer.
+pub const REFUSE_SECRETS: &str =
+    "the host (eerag-host serve, eerag serve) takes no key and no tokenizer: the host must never \
 hold either. Keep the key on the client and give the host only the artifacts `eerag transform` \
 writes (--artifacts).";
 

@@ -417,7 +417,7 @@ pub fn reembed(
 }
 
 /// Whether two listings hold the same documents with the same content.
-pub fn same_documents(a: &[DocumentSummary], b: &[DocumentSummary]) -> bool {
+fn same_documents(a: &[DocumentSummary], b: &[DocumentSummary]) -> bool {
     let key = |d: &DocumentSummary| (d.doc_id.clone(), d.content_hash.clone(), d.chunks);
     let a: HashSet<_> = a.iter().map(key).collect();
     let b: HashSet<_> = b.iter().map(key).collect();

@@ -123,12 +123,13 @@ pub fn greedy_walk_permuted(
     let mut hl = hs.feed(&perm.apply_all(prompt).unwrap()).unwrap();
     let mut tokens = Vec::with_capacity(steps);
     for step in 0..steps {
+        assert_eq!(pl.len(), hl.len(), "{what}, step {step}: vocabulary sizes");
         for (t, l) in pl.iter().enumerate() {
             let c = perm.apply(t as u32).unwrap() as usize;
             assert_eq!(
                 hl[c].to_bits(),
                 l.to_bits(),
-                "{what}, step {step}: logit of id {t}"
+                "{what}, step {step}: logit of token {t} differs"
             );
         }
         let next = crate::sampling::argmax(&pl);

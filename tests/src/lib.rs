@@ -123,39 +123,8 @@ pub fn generators_on(backend: GeneratorBackend) -> &'static (Generator, Generato
     })
 }
 
-/// Greedy-decodes `prompt` on `plain` and its encryption on `host` side by
-/// side for `steps` steps, asserting at every step that the host's logits are
-/// the plaintext logits permuted by `perm`, bitwise; returns the plaintext
-/// tokens.
-pub fn greedy_walk_permuted(
-    plain: &eerag_core::models::Generator,
-    host: &eerag_core::models::Generator,
-    prompt: &[u32],
-    perm: &eerag_core::permutation::Permutation,
-    steps: usize,
-    what: &str,
-) -> Vec<u32> {
-    let (mut ps, mut hs) = (plain.session(), host.session());
-    let mut pl = ps.feed(prompt).unwrap();
-    let mut hl = hs.feed(&perm.apply_all(prompt).unwrap()).unwrap();
-    let mut tokens = Vec::with_capacity(steps);
-    for step in 0..steps {
-        assert_eq!(pl.len(), hl.len());
-        for (t, l) in pl.iter().enumerate() {
-            let c = perm.apply(t as u32).unwrap() as usize;
-            assert_eq!(
-                hl[c].to_bits(),
-                l.to_bits(),
-                "{what}, step {step}: logit of token {t} differs"
-            );
-        }
-        let next = eerag_core::sampling::argmax(&pl);
-        tokens.push(next);
-        pl = ps.feed(&[next]).unwrap();
-        hl = hs.feed(&[perm.apply(next).unwrap()]).unwrap();
-    }
-    tokens
-}
+/// The one greedy side-by-side walk, shared with eerag-core's own tests.
+pub use eerag_core::test_support::greedy_walk_permuted;
 
 /// Varied texts: prose from the sample corpus, short queries, numbers,
 /// punctuation, non-ASCII, and one longer than the encoder window.

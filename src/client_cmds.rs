@@ -14,7 +14,7 @@ use eerag_core::wire::SearchMode;
 use eerag_remote::{HostClient, RemoteError, RetryPolicy};
 use serde_json::json;
 
-use crate::ModelsArg;
+use eerag_client::cli::{parse_mode, ModelsArg};
 
 /// Where the host is and who we are to it.
 #[derive(clap::Args, Clone, Debug)]
@@ -231,16 +231,6 @@ pub struct RetrieveArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// A `--mode` value.
-pub fn parse_mode(s: &str) -> Result<SearchMode, String> {
-    match s {
-        "dense" => Ok(SearchMode::Dense),
-        "keyword" => Ok(SearchMode::Keyword),
-        "hybrid" => Ok(SearchMode::Hybrid),
-        _ => Err("use dense, keyword or hybrid".into()),
-    }
 }
 
 /// `eerag search`.

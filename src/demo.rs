@@ -14,8 +14,8 @@ use eerag_core::models::fetch;
 use eerag_host::server::{BackgroundServer, ServeConfig};
 use eerag_remote::HostClient;
 
-use crate::workload::SAMPLE_DOCS;
-use crate::ModelsArg;
+use eerag_client::cli::ModelsArg;
+use eerag_lab::workload::SAMPLE_DOCS;
 
 /// The demo's questions, each answered by one of the sample documents.
 pub const QUESTIONS: [&str; 3] = [
@@ -33,7 +33,7 @@ pub fn run(
     models: &ModelsArg,
     questions: &[String],
     keep: Option<&Path>,
-    device: &crate::DeviceArgs,
+    device: &eerag_host::cli::DeviceArgs,
 ) -> Result<()> {
     let started = Instant::now();
     let dir = models.resolve();

@@ -1,25 +1,20 @@
 //! `eerag`: encrypted retrieval-augmented generation.
 
-mod attack_cmd;
-mod bench;
-mod bench_host;
-mod bench_peers;
-mod bench_scale;
 mod client_cmds;
 mod demo;
-mod eval_cmd;
 mod gateway;
 mod reindex_cmd;
-mod workload;
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use eerag_client::cli::ModelsArg;
 use eerag_client::transform;
 use eerag_client::Key;
-use eerag_core::models::fetch::{self, ModelsDir};
-pub use eerag_host::cli::{parse_dtype, DeviceArgs};
+use eerag_core::models::fetch;
+use eerag_host::cli::DeviceArgs;
+use eerag_lab::cmd::{attack, bench, eval};
 
 #[derive(Parser)]
 #[command(
@@ -87,13 +82,14 @@ enum Command {
     },
     /// Retrieval quality (nDCG@10, recall@100, MRR@10) of the encrypted
     /// pipeline and of the plaintext one, on a BEIR-format dataset.
-    Eval(eval_cmd::EvalArgs),
-    /// Measure encrypted vs plaintext speed side by side.
+    Eval(eval::EvalArgs),
+    /// Measure speed: encrypted vs plaintext side by side (models, host,
+    /// scale) or eerag vs peers on the same weights (peers).
     Bench(bench::BenchArgs),
     /// Measure what an attacker recovers: frequency analysis of stored ids,
     /// attacks on one query, brute force, weight matching by the compute
     /// host, matching stored vectors.
-    Attack(attack_cmd::AttackArgs),
+    Attack(attack::AttackArgs),
     /// Run the host: the REST API over the store (embedded, or a Qdrant
     /// server with --store) and the transformed models. Takes host artifacts
     /// only: it has no key and no tokenizer. The same as `eerag-host serve`,
@@ -141,38 +137,6 @@ enum ModelsAction {
         #[arg(long)]
         out: PathBuf,
     },
-}
-
-/// The models folder option shared by subcommands.
-#[derive(clap::Args, Clone, Debug)]
-pub struct ModelsArg {
-    /// Models folder [default: $EERAG_MODELS or ./models].
-    #[arg(long = "models")]
-    dir: Option<PathBuf>,
-}
-
-impl ModelsArg {
-    /// The resolved models folder.
-    pub fn resolve(&self) -> ModelsDir {
-        ModelsDir::resolve(self.dir.as_deref())
-    }
-
-    /// The resolved folder, checked to hold verified models.
-    pub fn require(&self) -> Result<ModelsDir> {
-        let dir = self.resolve();
-        let bad = dir.missing_or_wrong()?;
-        if !bad.is_empty() {
-            anyhow::bail!(
-                "models missing or not verified in {} ({}): run `eerag models fetch`",
-                dir.root().display(),
-                bad.iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        Ok(dir)
-    }
 }
 
 fn main() -> Result<()> {
@@ -255,9 +219,9 @@ fn main() -> Result<()> {
             keep,
             device,
         } => demo::run(&models, &question, keep.as_deref(), &device)?,
-        Command::Eval(args) => eval_cmd::run(&args)?,
+        Command::Eval(args) => eval::run(&args)?,
         Command::Bench(args) => bench::run(&args)?,
-        Command::Attack(args) => attack_cmd::run(&args)?,
+        Command::Attack(args) => attack::run(&args)?,
         Command::Serve(args) => eerag_host::cli::serve::run(args)?,
         Command::Reindex(args) => reindex_cmd::run(&args)?,
         Command::Upload(args) => client_cmds::upload(&args)?,

@@ -4,15 +4,19 @@
 //! metadata ([`cipher`]), the public tokenizers ([`tokenize`]), writing host
 //! artifacts ([`transform`]), reading and cutting files ([`extract`],
 //! [`chunking`]), the upload job ([`upload`]), the API client that encrypts
-//! before it sends ([`client`]) and key rotation ([`rekey`]).
+//! before it sends ([`client`]), key rotation ([`rekey`]) and the local
+//! OpenAI-compatible gateway ([`gateway`]).
 //!
 //! The host never links this crate: the boundary test
 //! (`query/tests/boundary.rs`) fails if its binary's dependencies reach it.
 
 pub mod chunking;
 pub mod cipher;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod client;
 pub mod extract;
+pub mod gateway;
 pub mod key;
 pub mod metadata;
 pub mod rekey;

@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use axum::http::{header, HeaderMap};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// What an API key may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Search, answer, list and export.
@@ -33,7 +33,7 @@ pub struct Principal {
 pub const LOCAL_TENANT: &str = "local";
 
 /// One configured key.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyEntry {
     /// Hex SHA-256 of the bearer token.

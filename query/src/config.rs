@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use eerag_store::{QdrantOptions, StoreSpec};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::{ApiKeyEntry, Auth, AuthConfig, AuthError};
 
 /// The whole configuration file.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     #[serde(default)]
@@ -29,32 +29,46 @@ pub struct ServerFile {
 
 /// Where collections live. Every field may also come from the command
 /// line, which wins.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
     /// `embedded` (the default) or a Qdrant URL: `qdrant://host:6334`,
     /// `qdrants://host:6334` (TLS), `http://` or `https://`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Data directory of the embedded store.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<PathBuf>,
     /// Name of an environment variable holding the Qdrant API key (the file
     /// itself holds no credentials).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
     /// Prefix of eerag's Qdrant collection names (default `eerag.`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub collection_prefix: Option<String>,
     /// Shards of new collections.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shard_number: Option<u32>,
     /// Copies of each shard of new collections.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub replication_factor: Option<u32>,
     /// Replicas that must acknowledge a write.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub write_consistency_factor: Option<u32>,
     /// Deadline of one Qdrant request, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
     /// Attempts of a request that found no server, before answering 503.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
 }
 
 impl ServerFile {
+    /// The file as TOML, as [`Self::read`] reads it back.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a server file serialises")
+    }
+
     /// Reads and checks the file.
     pub fn read(path: &Path) -> Result<Self, AuthError> {
         let text = std::fs::read_to_string(path).map_err(|source| AuthError::Io {

@@ -1,5 +1,9 @@
 //! The keyword index: BM25 over encrypted encoder ids, with tantivy.
 //!
+//! tantivy applies BM25 itself; the formula and its constants are stated in
+//! [`crate::bm25`], which the Qdrant backend computes with and whose tests
+//! hold it to tantivy's own scorer.
+//!
 //! BM25 sees only term frequencies, document frequencies and lengths, all of
 //! which a bijection of the vocabulary preserves, so ranking ciphertext ids
 //! ranks as ranking the plaintext ids would, up to float rounding in the

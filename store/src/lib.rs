@@ -9,6 +9,8 @@
 //! here can read them.
 
 pub mod backend;
+/// BM25, the keyword scoring both backends share.
+pub mod bm25;
 pub mod edge_store;
 pub mod keyword;
 pub mod migrate;

@@ -113,10 +113,10 @@ fn the_scale_bench_runs_small_and_draws_its_plot() {
     let plot = dir.path().join("latency.svg");
     let o = eerag(&[
         "bench",
-        "--scale",
+        "scale",
         "--sizes",
         "200,800",
-        "--scale-searches",
+        "--searches",
         "12",
         "--plot",
         path(&plot),
@@ -150,6 +150,7 @@ fn the_model_bench_checks_batched_decoding_and_reports_its_device() {
     let models = models_dir();
     let o = eerag(&[
         "bench",
+        "models",
         "--rounds",
         "1",
         "--sentences",
@@ -184,11 +185,25 @@ fn the_model_bench_checks_batched_decoding_and_reports_its_device() {
     assert!(report["generator_bytes"].as_u64().unwrap() > 50_000_000);
     // A device this binary cannot have is a clear error, not a CPU run.
     if !eerag_core::device::cuda_compiled() {
-        let o = eerag(&["bench", "--device", "cuda:1", "--models", path(&models)]);
+        let o = eerag(&[
+            "bench",
+            "models",
+            "--device",
+            "cuda:1",
+            "--models",
+            path(&models),
+        ]);
         assert!(!o.status.success());
         assert!(stderr(&o).contains("built without CUDA"), "{}", stderr(&o));
     }
-    let o = eerag(&["bench", "--device", "tpu", "--models", path(&models)]);
+    let o = eerag(&[
+        "bench",
+        "models",
+        "--device",
+        "tpu",
+        "--models",
+        path(&models),
+    ]);
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("expected auto, cpu, cuda or cuda:N"),

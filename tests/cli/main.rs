@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use eerag_tests::process::host_binary;
+
 mod attack;
 mod boundary;
 mod client;
@@ -18,52 +20,6 @@ fn eerag(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("running eerag")
-}
-
-/// The `eerag-host` binary. It belongs to another package (eerag-host), so
-/// cargo builds it beside `eerag` for `cargo test --workspace` (eerag-host
-/// has integration tests), not for this package's tests alone; a binary
-/// older than the host's sources is refused rather than tested.
-fn host_binary() -> PathBuf {
-    static CHECKED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    CHECKED
-        .get_or_init(|| {
-            let eerag = Path::new(env!("CARGO_BIN_EXE_eerag"));
-            let host =
-                eerag.with_file_name(format!("eerag-host{}", std::env::consts::EXE_SUFFIX));
-            let rebuild = "run the tests with --workspace, or `cargo build -p eerag-host` (same profile) first";
-            let built = std::fs::metadata(&host)
-                .and_then(|m| m.modified())
-                .unwrap_or_else(|_| panic!("{} is not built: {rebuild}", host.display()));
-            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-            for dir in ["query/src", "shared/src", "store/src", "remote/src"] {
-                if let Some(newer) = newer_file(&root.join(dir), built) {
-                    panic!(
-                        "{} is older than {}: {rebuild}",
-                        host.display(),
-                        newer.display()
-                    );
-                }
-            }
-            host
-        })
-        .clone()
-}
-
-/// A file under `dir` changed after `time`, if there is one.
-fn newer_file(dir: &Path, time: std::time::SystemTime) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let Ok(meta) = entry.metadata() else { continue };
-        if meta.is_dir() {
-            if let Some(p) = newer_file(&path, time) {
-                return Some(p);
-            }
-        } else if meta.modified().is_ok_and(|m| m > time) {
-            return Some(path);
-        }
-    }
-    None
 }
 
 fn eerag_host(args: &[&str]) -> Output {

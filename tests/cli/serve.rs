@@ -2,9 +2,7 @@
 //! plaintext, and a kill -9 mid-ingest loses no acknowledged document.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +12,7 @@ use eerag_client::Key;
 use eerag_core::models::fetch::ModelsDir;
 use eerag_core::wire::{DocumentExport, SearchMode, UpsertRequest};
 use eerag_remote::HostClient;
+use eerag_tests::process::HostProcess;
 
 use crate::{eerag, eerag_host, models_dir, path, stderr};
 
@@ -50,12 +49,14 @@ pub(crate) fn setup() -> Setup {
     }
 }
 
-/// A running `eerag-host serve`; its stdout and stderr go to files.
-pub(crate) struct Server {
-    child: Child,
-    pub(crate) url: String,
-    stdout: PathBuf,
-    stderr: PathBuf,
+/// A running `eerag-host serve` ([`HostProcess`]) on the CLI's setup.
+pub(crate) struct Server(HostProcess);
+
+impl std::ops::Deref for Server {
+    type Target = HostProcess;
+    fn deref(&self) -> &HostProcess {
+        &self.0
+    }
 }
 
 impl Server {
@@ -71,49 +72,12 @@ impl Server {
         logs: &Path,
         rust_log: &str,
     ) -> Server {
-        std::fs::create_dir_all(logs).unwrap();
-        let n = std::fs::read_dir(logs).unwrap().count();
-        let stdout = logs.join(format!("stdout-{n}.log"));
-        let stderr = logs.join(format!("stderr-{n}.log"));
-        let mut args = vec!["serve"];
+        let mut args = Vec::new();
         for a in artifacts {
-            args.extend(["--artifacts", path(a)]);
+            args.extend(["--artifacts".to_string(), path(a).to_string()]);
         }
-        args.extend(["--data", path(data), "--listen", "127.0.0.1:0"]);
-        // The host's own binary: it serves every API test.
-        let mut child = Command::new(crate::host_binary())
-            .args(&args)
-            .env("RUST_LOG", rust_log)
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap())
-            .spawn()
-            .expect("starting eerag-host serve");
-        let started = Instant::now();
-        let url = loop {
-            let out = std::fs::read_to_string(&stdout).unwrap_or_default();
-            if let Some(rest) = out.split("eerag host listening on ").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_string();
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "eerag-host serve exited with {status}: {}",
-                    std::fs::read_to_string(&stderr).unwrap_or_default()
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(300),
-                "eerag-host serve did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        Server {
-            child,
-            url,
-            stdout,
-            stderr,
-        }
+        args.extend(["--data".to_string(), path(data).to_string()]);
+        Server(HostProcess::serve(&args, &[("RUST_LOG", rust_log)], logs))
     }
 
     pub(crate) fn client(&self, setup: &Setup) -> EncryptedClient {
@@ -126,32 +90,13 @@ impl Server {
     }
 
     /// SIGTERM, and wait for a clean exit.
-    pub(crate) fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let status = self.child.wait().unwrap();
-        assert!(
-            status.success(),
-            "eerag-host serve exited with {status}: {}",
-            std::fs::read_to_string(&self.stderr).unwrap_or_default()
-        );
+    pub(crate) fn stop(self) {
+        self.0.stop()
     }
 
     /// SIGKILL: no chance to flush or clean up.
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn kill_9(self) {
+        self.0.kill_9()
     }
 }
 

@@ -2,6 +2,7 @@
 //! test key, and its host artifacts, built once per test binary.
 
 pub mod host;
+pub mod process;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -8,7 +8,7 @@ use eerag_client::client::{AskOptions, EncryptedClient};
 use eerag_client::Key;
 use eerag_core::sampling::Sampling;
 use eerag_core::wire::{DocumentStatus, FinishReason, SearchMode};
-use eerag_host::auth::{hash_token, ApiKeyEntry, Auth, AuthConfig, Role};
+use eerag_host::auth::{hash_token, ApiKeyEntry, AuthConfig, Role};
 use eerag_host::engine::EngineLimits;
 use eerag_host::openapi::ROUTES;
 use eerag_remote::{HostClient, RemoteError};
@@ -665,14 +665,13 @@ fn tenants_see_only_their_own_collections() {
         tenant: tenant.into(),
         role,
     };
-    let auth = Auth::from_config(&AuthConfig {
+    let auth = AuthConfig {
         api_keys: vec![
             entry("alpha-writer", "alpha", Role::Write),
             entry("alpha-reader", "alpha", Role::Read),
             entry("beta-writer", "beta", Role::Write),
         ],
-    })
-    .unwrap();
+    };
     let host = Host::start(
         f.artifacts.dir(),
         HostOptions {

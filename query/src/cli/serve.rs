@@ -31,9 +31,10 @@ pub struct ServeArgs {
     /// on loopback.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Largest request body, in MiB.
-    #[arg(long, default_value_t = 64)]
-    max_body_mib: usize,
+    /// Largest request body, in MiB (fractions allowed: 0.25 is 256 KiB;
+    /// at least 64 KiB).
+    #[arg(long, default_value_t = 64.0)]
+    max_body_mib: f64,
     /// API requests handled at once; more get 503 + Retry-After.
     #[arg(long, default_value_t = server::DEFAULT_MAX_IN_FLIGHT)]
     max_in_flight: usize,
@@ -95,7 +96,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         listen: args.listen,
         auth,
         verify_artifacts: !args.no_verify,
-        max_body_bytes: args.max_body_mib.max(1) * 1024 * 1024,
+        max_body_bytes: max_body_bytes(args.max_body_mib)?,
         max_in_flight: args.max_in_flight.max(1),
         engine: EngineLimits {
             embed_batch: args.embed_batch.max(1),
@@ -121,6 +122,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
         eprintln!("eerag host stopped");
         Ok(())
     })
+}
+
+/// `--max-body-mib` in bytes: finite, at least 64 KiB (a smaller limit
+/// would refuse ordinary uploads and searches).
+fn max_body_bytes(mib: f64) -> Result<usize> {
+    const MIN: f64 = 64.0 / 1024.0;
+    anyhow::ensure!(
+        mib.is_finite() && mib >= MIN,
+        "--max-body-mib {mib}: give at least {MIN} (64 KiB)"
+    );
+    Ok((mib * 1024.0 * 1024.0) as usize)
 }
 
 async fn shutdown_signal() {

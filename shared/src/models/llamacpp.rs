@@ -93,7 +93,7 @@ pub struct LlamaCppOptions {
     pub context: Option<usize>,
     /// llama.cpp's flash attention. Off by default, as in llama-cpp-python:
     /// on this project's 2-core machines a 197-token prompt ran at 174–181
-    /// tokens/s with it and 186–218 without (`bench --peers`, 2026-12-02),
+    /// tokens/s with it and 186–218 without (`bench peers`, 2026-12-02),
     /// and with it off eerag's greedy tokens equal llama-cpp-python's.
     pub flash_attention: bool,
     /// How long the thread pool's workers spin for the next graph before

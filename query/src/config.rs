@@ -219,4 +219,41 @@ mod tests {
         };
         assert!(zero.spec(None).is_err());
     }
+
+    #[test]
+    fn a_written_file_reads_back_the_same() {
+        let file = ServerFile {
+            api_keys: vec![ApiKeyEntry {
+                sha256: crate::auth::hash_token("token"),
+                tenant: "alpha".into(),
+                role: crate::auth::Role::Read,
+            }],
+            store: StoreSection {
+                url: Some("http://127.0.0.1:6334".into()),
+                collection_prefix: Some("eerag-test-1.".into()),
+                replication_factor: Some(2),
+                ..Default::default()
+            },
+        };
+        let path =
+            std::env::temp_dir().join(format!("eerag-config-test-{}.toml", std::process::id()));
+        std::fs::write(&path, file.to_toml()).unwrap();
+        let read = ServerFile::read(&path);
+        let _ = std::fs::remove_file(&path);
+        let read = read.unwrap();
+        assert_eq!(read.api_keys.len(), 1);
+        assert_eq!(read.api_keys[0].sha256, file.api_keys[0].sha256);
+        assert_eq!(read.api_keys[0].role, crate::auth::Role::Read);
+        assert!(read.auth(&path).is_ok());
+        let StoreSpec::Qdrant(o) = read.store.spec(None).unwrap() else {
+            panic!("a Qdrant store");
+        };
+        assert_eq!(o.url, "http://127.0.0.1:6334");
+        assert_eq!(o.collection_prefix, "eerag-test-1.");
+        assert_eq!(o.replication_factor, Some(2));
+        // Without keys or a store, the file is empty and means the defaults.
+        let empty = ServerFile::default().to_toml();
+        let empty: ServerFile = toml::from_str(&empty).unwrap();
+        assert!(empty.api_keys.is_empty() && empty.store.url.is_none());
+    }
 }

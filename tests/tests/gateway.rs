@@ -85,48 +85,30 @@ fn the_in_process_gateway_answers_as_the_encrypted_client_does() {
     direct.create_collection("handbook").unwrap();
     direct.upload("handbook", &sample_documents()).unwrap();
 
+    let gateway_on = |collection: &str| {
+        Gateway::new(
+            client(&host, &f.key),
+            GatewayOptions {
+                collection: collection.into(),
+                k: 3,
+                api_key: Some(API_KEY.into()),
+                max_tokens: 16,
+            },
+        )
+    };
     // A collection the host does not have is refused before serving.
-    let missing = Gateway::new(
-        client(&host, &f.key),
-        GatewayOptions {
-            collection: "nowhere".into(),
-            k: 3,
-            api_key: None,
-            max_tokens: 16,
-        },
-    );
     assert!(
-        matches!(missing, Err(GatewayError::Client(_))),
+        matches!(gateway_on("nowhere"), Err(GatewayError::Client(_))),
         "a missing collection was accepted"
     );
     // So is any address but loopback.
-    let gw = Gateway::new(
-        client(&host, &f.key),
-        GatewayOptions {
-            collection: "handbook".into(),
-            k: 3,
-            api_key: Some(API_KEY.into()),
-            max_tokens: 16,
-        },
-    )
-    .unwrap();
     let anywhere = TcpListener::bind("0.0.0.0:0").unwrap();
     assert!(matches!(
-        gateway::serve(anywhere, gw, async {}),
+        gateway::serve(anywhere, gateway_on("handbook").unwrap(), async {}),
         Err(GatewayError::NotLoopback(_))
     ));
 
-    let gw = Gateway::new(
-        client(&host, &f.key),
-        GatewayOptions {
-            collection: "handbook".into(),
-            k: 3,
-            api_key: Some(API_KEY.into()),
-            max_tokens: 16,
-        },
-    )
-    .unwrap();
-    let running = Running::start(gw);
+    let running = Running::start(gateway_on("handbook").unwrap());
     let base = &running.base;
     let question = "Between which temperatures must vaccines be kept?";
     let chat = json!({

@@ -17,11 +17,20 @@ pub struct ModelsArg {
 /// The models folder lacks verified models.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelsError {
+    /// Files missing, or not the pinned ones.
     #[error("models missing or not verified in {root} ({files}): run `eerag models fetch`")]
-    Missing { root: String, files: String },
+    Missing {
+        /// The models folder.
+        root: String,
+        /// The files missing or wrong, comma-separated.
+        files: String,
+    },
+    /// The folder could not be read.
     #[error("checking the models in {root}: {source}")]
     Check {
+        /// The models folder.
         root: String,
+        /// The error reading it.
         source: eerag_core::EeError,
     },
 }

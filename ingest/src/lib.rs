@@ -4,8 +4,9 @@
 //! metadata ([`cipher`]), the public tokenizers ([`tokenize`]), writing host
 //! artifacts ([`transform`]), reading and cutting files ([`extract`],
 //! [`chunking`]), the upload job ([`upload`]), the API client that encrypts
-//! before it sends ([`client`]), key rotation ([`rekey`]) and the local
-//! OpenAI-compatible gateway ([`gateway`]).
+//! before it sends ([`client`]), key rotation ([`rekey`]), the local
+//! OpenAI-compatible gateway ([`gateway`]) and, with the `cli` feature, the
+//! flags the client's commands and the lab share (`cli`).
 //!
 //! The host never links this crate: the boundary test
 //! (`query/tests/boundary.rs`) fails if its binary's dependencies reach it.

@@ -1,7 +1,7 @@
 //! Client-side EE costs that sit on every request: encrypting and decrypting
 //! token ids, and value-only sampling over a full SmolLM2-sized vocabulary
 //! (the host's per-token overhead compared with a plain argmax).
-//! Model throughput, encrypted vs plaintext, is measured by `eerag bench`.
+//! Model throughput, encrypted vs plaintext, is measured by `eerag bench models`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use eerag_client::cipher::{ClientCipher, ModelShape};

@@ -58,6 +58,9 @@ pub struct StoreSection {
     /// Deadline of one Qdrant request, in seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Deadline of connecting to Qdrant, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_secs: Option<u64>,
     /// Attempts of a request that found no server, before answering 503.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
@@ -113,6 +116,7 @@ impl StoreSection {
                 .write_consistency_factor
                 .or(self.write_consistency_factor),
             timeout_secs: over.timeout_secs.or(self.timeout_secs),
+            connect_timeout_secs: over.connect_timeout_secs.or(self.connect_timeout_secs),
             attempts: over.attempts.or(self.attempts),
         }
     }
@@ -166,6 +170,9 @@ fn apply_qdrant(
     options.write_consistency_factor = section.write_consistency_factor;
     if let Some(secs) = section.timeout_secs {
         options.timeout = Duration::from_secs(secs.max(1));
+    }
+    if let Some(secs) = section.connect_timeout_secs {
+        options.connect_timeout = Duration::from_secs(secs.max(1));
     }
     if let Some(n) = section.attempts {
         options.attempts = n;
@@ -232,6 +239,9 @@ mod tests {
                 url: Some("http://127.0.0.1:6334".into()),
                 collection_prefix: Some("eerag-test-1.".into()),
                 replication_factor: Some(2),
+                timeout_secs: Some(3),
+                connect_timeout_secs: Some(1),
+                attempts: Some(3),
                 ..Default::default()
             },
         };
@@ -251,6 +261,10 @@ mod tests {
         assert_eq!(o.url, "http://127.0.0.1:6334");
         assert_eq!(o.collection_prefix, "eerag-test-1.");
         assert_eq!(o.replication_factor, Some(2));
+        assert_eq!(
+            (o.timeout.as_secs(), o.connect_timeout.as_secs(), o.attempts),
+            (3, 1, 3)
+        );
         // Without keys or a store, the file is empty and means the defaults.
         let empty = ServerFile::default().to_toml();
         let empty: ServerFile = toml::from_str(&empty).unwrap();

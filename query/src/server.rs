@@ -81,7 +81,7 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     /// A single-tenant server on a free loopback port with default limits:
-    /// what the demo, benchmarks and tests run in-process.
+    /// what the demo and the lab's benchmarks run in process.
     pub fn local(artifacts: PathBuf, data: PathBuf) -> Self {
         Self {
             artifacts,

@@ -20,7 +20,7 @@ const QDRANT_KEY_ENV: &str = "EERAG_TEST_QDRANT_API_KEY";
 pub struct Host {
     pub url: String,
     // Declared before `data` so the server stops before its files go.
-    process: HostProcess,
+    _process: HostProcess,
     pub data: tempfile::TempDir,
 }
 
@@ -90,6 +90,9 @@ impl Host {
                     shard_number: q.shard_number,
                     replication_factor: q.replication_factor,
                     write_consistency_factor: q.write_consistency_factor,
+                    timeout_secs: Some(q.timeout.as_secs().max(1)),
+                    connect_timeout_secs: Some(q.connect_timeout.as_secs().max(1)),
+                    attempts: Some(q.attempts),
                     ..StoreSection::default()
                 };
                 if let Some(key) = q.api_key {
@@ -107,14 +110,9 @@ impl Host {
         let process = HostProcess::serve(&args, &env, &data.path().join("logs"));
         Self {
             url: process.url.clone(),
-            process,
+            _process: process,
             data,
         }
-    }
-
-    /// The process (its logs; a clean stop).
-    pub fn process(&self) -> &HostProcess {
-        &self.process
     }
 }
 

@@ -1,5 +1,5 @@
 //! The OpenAI-compatible gateway as a library, started in process beside an
-//! in-process host: its answers are the encrypted client's answers, its
+//! `eerag-host serve` process: its answers are the encrypted client's answers, its
 //! embeddings the public model's, and it turns away what it must (another
 //! address than loopback, a missing or wrong API key, a foreign Host).
 //! `tests/cli/gateway.rs` drives the binary's gateway with the `openai`

@@ -1,4 +1,6 @@
-//! `eerag bench`: encrypted vs plaintext speed, side by side in one run.
+//! `eerag bench`: its subcommands (models, host, scale, peers, each in a
+//! module of its own but `models`, which is here) and `eerag bench models`:
+//! the models' encrypted vs plaintext speed, side by side in one run.
 //!
 //! Each round runs the plaintext and the encrypted workload back to back, in
 //! alternating order, so drift in machine load hits both; the figures are
@@ -22,6 +24,7 @@ pub struct BenchArgs {
     mode: BenchMode,
 }
 
+/// The measurements `eerag bench` makes, one subcommand each.
 #[derive(clap::Subcommand)]
 enum BenchMode {
     /// The encoder and the generator in process, encrypted vs plaintext on
@@ -42,6 +45,7 @@ enum BenchMode {
 /// What every bench mode takes.
 #[derive(clap::Args)]
 pub(crate) struct CommonArgs {
+    // The models folder (`--models`).
     #[command(flatten)]
     pub(crate) models: ModelsArg,
     /// Print one JSON object instead of a table.
@@ -461,7 +465,7 @@ fn run_models(args: &ModelBenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
-            "eerag bench: {device_name}, {threads} threads, {} rounds, medians (transform took {:.1} s)",
+            "eerag bench models: {device_name}, {threads} threads, {} rounds, medians (transform took {:.1} s)",
             args.rounds, pair.transform_secs
         );
         println!("| work | plaintext | encrypted | ratio (min–max over rounds) |");

@@ -404,7 +404,9 @@ const SAME_WEIGHTS_TOLERANCE: f64 = 1e-4;
 
 /// Runs the comparison and prints a table (or JSON).
 pub fn run(args: &PeerArgs) -> Result<()> {
-    anyhow::ensure!(args.rounds > 0 && args.sentences > 0 && args.batch > 0);
+    anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
+    anyhow::ensure!(args.sentences > 0, "--sentences must be at least 1");
+    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     let models = &args.common.models.require()?;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())

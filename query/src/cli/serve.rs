@@ -155,3 +155,18 @@ async fn shutdown_signal() {
         _ = term => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::max_body_bytes;
+
+    #[test]
+    fn body_limits_in_fractions_of_a_mib() {
+        assert_eq!(max_body_bytes(64.0).unwrap(), 64 << 20);
+        assert_eq!(max_body_bytes(0.25).unwrap(), 256 << 10);
+        assert_eq!(max_body_bytes(0.0625).unwrap(), 64 << 10);
+        for bad in [0.0, 0.01, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(max_body_bytes(bad).is_err(), "{bad}");
+        }
+    }
+}

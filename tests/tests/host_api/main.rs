@@ -39,22 +39,28 @@ pub(crate) fn client(host: &Host, key: &Key) -> EncryptedClient {
 
 /// A reply to a raw request: status, headers and the JSON body (or Null).
 pub(crate) struct Reply {
+    /// The HTTP status.
     pub(crate) status: u16,
+    /// The response headers.
     pub(crate) headers: reqwest::header::HeaderMap,
+    /// The JSON body, or Null.
     pub(crate) body: Value,
 }
 
 impl Reply {
+    /// The error code of an error reply.
     pub(crate) fn code(&self) -> &str {
         self.body["error"]["code"]
             .as_str()
             .unwrap_or("<no error code>")
     }
+    /// The error message of an error reply.
     pub(crate) fn message(&self) -> &str {
         self.body["error"]["message"].as_str().unwrap_or("")
     }
 }
 
+/// Sends a raw request and reads the reply.
 pub(crate) fn send(r: reqwest::blocking::RequestBuilder) -> Reply {
     let response = r.send().expect("request reaches the host");
     let status = response.status().as_u16();

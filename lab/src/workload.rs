@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use candle_core::Device;
 use eerag_client::side_by_side::SideBySide;
+use eerag_client::tokenize::GeneratorTokenizer;
 use eerag_client::Key;
 use eerag_core::artifacts::HostArtifacts;
 use eerag_core::models::fetch::ModelsDir;
@@ -40,6 +41,22 @@ pub fn sample_paragraphs() -> Vec<(&'static str, String)> {
                 .map(move |p| (*name, p))
         })
         .collect()
+}
+
+/// The generator benchmarks' prompt: a ChatML question about the clinic
+/// over the first two sample paragraphs as context.
+pub fn sample_prompt(tok: &GeneratorTokenizer) -> Result<Vec<u32>> {
+    let context: String = sample_paragraphs()
+        .iter()
+        .take(2)
+        .map(|(_, p)| p.as_str())
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    Ok(eerag_client::tokenize::chatml_prompt(
+        tok,
+        "Answer using only the context.",
+        &format!("Context:\n{context}\n\nQuestion: When does the clinic open on Saturdays?"),
+    )?)
 }
 
 /// The public models beside the transformed models of one throwaway key.

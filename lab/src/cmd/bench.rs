@@ -15,7 +15,7 @@ use serde_json::json;
 use eerag_client::cli::ModelsArg;
 use eerag_host::cli::DeviceArgs;
 
-use crate::workload::{sample_paragraphs, Pair};
+use crate::workload::{sample_paragraphs, sample_prompt, Pair};
 
 /// `eerag bench`: one subcommand per measurement.
 #[derive(clap::Args)]
@@ -333,18 +333,7 @@ fn run_models(args: &ModelBenchArgs) -> Result<()> {
         }
     }
 
-    let gtok = &pair.sides.generator_tokenizer;
-    let context: String = sample_paragraphs()
-        .iter()
-        .take(2)
-        .map(|(_, p)| p.as_str())
-        .collect::<Vec<_>>()
-        .join("\n\n");
-    let prompt = eerag_client::tokenize::chatml_prompt(
-        gtok,
-        "Answer using only the context.",
-        &format!("Context:\n{context}\n\nQuestion: When does the clinic open on Saturdays?"),
-    )?;
+    let prompt = sample_prompt(&pair.sides.generator_tokenizer)?;
     let enc_prompt = c.encrypt_generator(&prompt)?;
     let mut prefill_t = Timing::new();
     let mut decode_t = Timing::new();

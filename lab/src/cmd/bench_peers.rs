@@ -25,7 +25,7 @@ use eerag_core::models::generator::llama_cpp_compiled;
 use eerag_core::models::{Encoder, EncoderBackend, Generator, GeneratorBackend, GeneratorOptions};
 
 use crate::cmd::bench::{median, speed_ratios, CommonArgs};
-use crate::workload::{sample_paragraphs, Pair};
+use crate::workload::{sample_paragraphs, sample_prompt, Pair};
 
 /// The peers, as pip installs them: (name on the command line, requirement,
 /// module to import).
@@ -419,17 +419,7 @@ pub fn run(args: &PeerArgs) -> Result<()> {
     let sentences: Vec<String> = (0..args.sentences)
         .map(|i| paragraphs[i % paragraphs.len()].1.clone())
         .collect();
-    let context: String = paragraphs
-        .iter()
-        .take(2)
-        .map(|(_, p)| p.as_str())
-        .collect::<Vec<_>>()
-        .join("\n\n");
-    let prompt = eerag_client::tokenize::chatml_prompt(
-        &sides.generator_tokenizer,
-        "Answer using only the context.",
-        &format!("Context:\n{context}\n\nQuestion: When does the clinic open on Saturdays?"),
-    )?;
+    let prompt = sample_prompt(&sides.generator_tokenizer)?;
 
     // The peers load once, before eerag's first round, on the same inputs.
     let mut peers = Peers {
